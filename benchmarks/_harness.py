@@ -1,0 +1,127 @@
+"""Shared timing, peak-memory and reporting helpers for the scripts in benchmarks/.
+
+Every benchmark runs its anchor and attnzoo in the same process and prints a markdown table with ratios and
+the device and library versions it ran on; ``write_result`` also saves the table under benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import datetime
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _sync(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_ms(fn: Callable[[], Any], device: torch.device | str = "cpu", warmup: int = 2, repeat: int = 5) -> float:
+    """Median wall time of ``fn()`` in milliseconds (synchronising CUDA around each call)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        samples.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(samples)
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _child(fn: Callable[[], Any], queue: mp.Queue) -> None:
+    base = _status_kib("VmRSS")
+    fn()
+    queue.put((_status_kib("VmHWM") - base) / 1024)
+
+
+def peak_memory_mb(fn: Callable[[], Any], device: torch.device | str = "cpu") -> float:
+    """Peak memory that ``fn()`` adds, in MiB.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` around the call. CPU: ``fn`` runs once in a forked child whose
+    high-water RSS (VmHWM) is compared with its RSS at the start, so every allocator (PyTorch's, NumPy's,
+    Python's) is counted and the parent's own peak does not leak into the number.
+    """
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(fn, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def environment() -> str:
+    """One markdown line naming the device, the library versions and the date."""
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    for name in ("timm", "torch_geometric", "segmentation_models_pytorch", "triton"):
+        try:
+            versions[name] = __import__(name).__version__
+        except Exception:
+            continue
+    if torch.cuda.is_available():
+        device = torch.cuda.get_device_name()
+    else:
+        device = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    listed = ", ".join(f"{k} {v}" for k, v in versions.items())
+    return f"Device: {device}. Versions: {listed}. Date: {datetime.date.today().isoformat()}."
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Rows of dicts (same keys) as a markdown table; floats get 3 significant digits."""
+    if not rows:
+        return ""
+    keys = list(rows[0])
+
+    def cell(v: Any) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(cell(r[k]) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_result(name: str, title: str, sections: Sequence[tuple[str, Sequence[dict[str, Any]]]],
+                 notes: str = "") -> Path:
+    """Print and save ``benchmarks/results/<name>.md``: title, environment line, one table per section."""
+    parts = [f"# {title}", "", environment(), ""]
+    for heading, rows in sections:
+        parts += [f"## {heading}", "", markdown_table(rows), ""]
+    if notes:
+        parts += [notes, ""]
+    text = "\n".join(parts)
+    print(text)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.md"
+    path.write_text(text)
+    return path
+
+
+def threads_from_env() -> None:
+    """Pin intra-op threads to BENCH_THREADS (default: all cores) so CPU tables say what they measured."""
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", os.cpu_count() or 1)))
