@@ -9,8 +9,7 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
-
-from tests.timm_model_checks import (
+from timm_model_checks import (
     check_backward,
     check_classifier,
     check_default_cfg,

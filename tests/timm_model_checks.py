@@ -3,14 +3,14 @@
 Every attnzoo image classifier is a timm model, so it must pass what timm asks of its own models
 (host-libraries spec §1.6-§1.7). Call from a test, once per registered classifier::
 
-    from tests.timm_model_checks import check_timm_classifier
+    from timm_model_checks import check_timm_classifier
 
     def test_ela_resnet18_is_a_timm_model():
         check_timm_classifier("ela_resnet18", input_size=(3, 64, 64))
 
-(``tests`` is importable as a namespace package when pytest runs as ``python -m pytest`` from the repository
-root.) Keyword arguments other than the flags go to ``create_model`` for every build (e.g. ``img_size=64`` for
-models whose token count is fixed at construction). Flags switch off what does not apply to a model, and
+(``tests/conftest.py`` puts ``tests/`` on ``sys.path``, so the module is imported by name.) Keyword arguments
+other than the flags go to ``create_model`` for every build (e.g. ``img_size=64`` for models whose token count
+is fixed at construction). Flags switch off what does not apply to a model, and
 should be explained at the call site:
 
 - ``spatial=False``: ``forward_features`` returns tokens ``(B, N, C)`` instead of a map ``(B, C, H, W)``
