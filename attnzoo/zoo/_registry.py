@@ -86,11 +86,63 @@ def build_classifier(model_cls: type[nn.Module], variant: str, pretrained: bool 
     return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
 
 
-def _tag_of(pretrained_cfg: Any) -> str | None:
-    if pretrained_cfg is None or isinstance(pretrained_cfg, str):
-        return pretrained_cfg
-    return getattr(pretrained_cfg, "tag", None) or (pretrained_cfg.get("tag") if isinstance(pretrained_cfg, dict)
-                                                     else None)
+# create_model/timm arguments that steer loading; they are not model arguments and are not saved with a model
+_LOADING_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "checkpoint_path", "allow_pickle",
+                   "features_only", "out_indices", "feature_cls", "feature_cfg")
+
+
+def _hub_pretrained_cfg(arch: str, record: Any) -> dict[str, Any]:
+    """timm pretrained cfg for a hub record: the architecture's base cfg updated by the record's own fields."""
+    from timm.models import get_pretrained_cfg
+
+    base = get_pretrained_cfg(arch)
+    return {**(base.to_dict() if base is not None else {}), **record.pretrained_cfg, "architecture": arch,
+            "tag": record.tag, "hf_hub_id": record.hf_hub_id or ""}
+
+
+def _wrap_entrypoint(name: str, task: str, fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    @functools.wraps(fn)
+    def entrypoint(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+        from attnzoo import hub
+
+        allow_pickle = kwargs.pop("allow_pickle", False)
+        checkpoint_path = kwargs.pop("checkpoint_path", None)
+        overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
+        explicit = overlay.pop("file", None) or checkpoint_path
+        cfg = kwargs.pop("pretrained_cfg", None)
+        model_args = {k: v for k, v in kwargs.items() if k not in _LOADING_KWARGS}
+        if task == "classification" and cfg is not None and not isinstance(cfg, str):
+            # timm's own hf-hub:/local-dir: front doors hand over a resolved cfg: timm loads from its source
+            return _record_config(fn(pretrained=pretrained, pretrained_cfg=cfg, **kwargs), name, task, model_args)
+        path = record = None
+        if pretrained:
+            if explicit is not None:
+                path = hub.check_loadable(explicit, allow_pickle)
+            else:
+                record = hub.find_record(name, cfg)
+                path = hub.resolve_file(record, cache_dir=kwargs.pop("cache_dir", None))
+                model_args = {**record.model_kwargs, **model_args}
+                kwargs = {**record.model_kwargs, **kwargs}
+        kwargs.pop("cache_dir", None)
+        if task == "classification":
+            if record is not None:
+                cfg = _hub_pretrained_cfg(name, record)
+            if path is not None:
+                overlay["file"] = str(path)
+            model = fn(pretrained=pretrained, pretrained_cfg=cfg, pretrained_cfg_overlay=overlay or None, **kwargs)
+        else:
+            model = fn(**kwargs)
+            if path is not None:
+                hub.load_weights(model, path, allow_pickle)
+        return _record_config(model, name, task, model_args)
+
+    return entrypoint
+
+
+def _record_config(model: nn.Module, name: str, task: str, model_args: dict[str, Any]) -> nn.Module:
+    """Remember how the model was built, so save_pretrained can write a config that rebuilds it."""
+    model.attnzoo_config = {"architecture": name, "task": task, "model_args": model_args}
+    return model
 
 
 def register_model(task: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
@@ -102,33 +154,7 @@ def register_model(task: str) -> Callable[[Callable[..., nn.Module]], Callable[.
         name = fn.__name__
         if name in _MODELS:
             raise ValueError(f"model {name!r} is already registered by {_MODELS[name].entrypoint.__module__}")
-
-        @functools.wraps(fn)
-        def entrypoint(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-            from attnzoo import hub
-
-            if task == "classification":
-                if pretrained:
-                    overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
-                    if "file" not in overlay:
-                        record = hub.find_record(name, _tag_of(kwargs.get("pretrained_cfg")))
-                        overlay["file"] = str(hub.resolve_file(record, cache_dir=kwargs.get("cache_dir")))
-                        kwargs.setdefault("pretrained_cfg", record.tag)
-                    else:
-                        hub.check_loadable(overlay["file"])
-                    kwargs["pretrained_cfg_overlay"] = overlay
-                return fn(pretrained=pretrained, **kwargs)
-            tag = _tag_of(kwargs.pop("pretrained_cfg", None))
-            file = (kwargs.pop("pretrained_cfg_overlay", None) or {}).get("file")
-            cache_dir = kwargs.pop("cache_dir", None)
-            if not pretrained:
-                return fn(**kwargs)
-            record = hub.find_record(name, tag)
-            model = fn(**{**record.model_kwargs, **kwargs})
-            path = file if file is not None else hub.resolve_file(record, cache_dir=cache_dir)
-            hub.load_weights(model, path)
-            return model
-
+        entrypoint = _wrap_entrypoint(name, task, fn)
         _MODELS[name] = ModelEntry(name, task, entrypoint)
         if task == "classification":
             from timm.models import is_model
@@ -172,7 +198,8 @@ def list_models(pattern: str = "*", pretrained: bool = False, task: str | None =
         names = list_pretrained()
     else:
         names = sorted(_MODELS)
-    return [n for n in names if fnmatch.fnmatch(n, pattern) and (task is None or _MODELS[split_name(n)[0]].task == task)]
+    return [n for n in names
+            if fnmatch.fnmatch(n, pattern) and (task is None or _MODELS[split_name(n)[0]].task == task)]
 
 
 def list_pretrained(pattern: str = "*") -> list[str]:

@@ -1,0 +1,14 @@
+"""attnzoo: faithful, tested attention layers for timm, PyTorch Geometric and segmentation-models-pytorch.
+
+    import attnzoo
+    model = attnzoo.create_model('ela_resnet18', num_classes=10)
+    attnzoo.list_models(task='graph')
+"""
+
+__version__ = "0.1.0"
+
+from attnzoo import zoo  # noqa: E402,F401  (registers every model, in attnzoo's and timm's registries)
+from attnzoo.hub import from_pretrained, save_pretrained  # noqa: E402
+from attnzoo.zoo._registry import create_model, list_models, list_pretrained  # noqa: E402
+
+__all__ = ["__version__", "create_model", "from_pretrained", "list_models", "list_pretrained", "save_pretrained"]
