@@ -1,0 +1,356 @@
+"""Top-m attention over candidate sets, and the candidate searches that feed it (TANGNN's long-range branch).
+
+TANGNN ("TANGNN: a Concise, Scalable and Effective Graph Neural Networks with Top-m Attention Mechanism for
+Graph Representation Learning", https://arxiv.org/abs/2411.15458) lets every vertex attend to m candidate
+vertices instead of all N. This module holds the functional pieces; :class:`attnzoo.layers.topm.TopMAttentionConv`
+owns the parameters.
+
+* :func:`topm_attention` -- the op: gather the m candidates of every query, multi-head scaled dot-product
+  softmax over them, weighted sum of their values. Index ``-1`` marks an empty slot (a graph with fewer than m
+  vertices). Cost O(N·m·H·D), never N×N. ``backend='torch'`` runs :func:`topm_attention_reference`;
+  ``'triton'`` calls the launchers of ``attnzoo.kernels.topm_triton`` (``topm_attention_forward``,
+  ``topm_attention_backward``, ``topm_knn``).
+* :func:`topm_knn` -- the exact per-query top-m by dot product among the keys of the same graph, in
+  query × key blocks so that memory is O(block² + N·m), never N×N ('knn' candidate mode).
+* :func:`score_candidates` -- the paper's efficient algorithm: the m vertices with the highest relevance score,
+  chosen per graph of a ``batch`` ('aux' candidate mode). Sync-free, so ``torch.compile`` keeps one graph.
+* :func:`sample_neighbor_mask` -- at most k random incoming edges per target vertex, vectorised.
+
+Deliberate differences from the authors' code (``ejwww/TANGNN``): candidates are per graph of a batch (the code
+takes one global set), the attention is per vertex (the code tiles the m selected rows over the vertices), and
+sampling is vectorised (the code loops over vertices in Python).
+"""
+
+from __future__ import annotations
+
+import math
+from types import ModuleType
+
+import torch
+from torch import Tensor
+
+from attnzoo.kernels._dispatch import resolve_backend
+
+__all__ = [
+    "sample_neighbor_mask",
+    "score_candidates",
+    "topm_attention",
+    "topm_attention_backward_reference",
+    "topm_attention_reference",
+    "topm_attention_weights",
+    "topm_knn",
+    "topm_knn_reference",
+]
+
+
+def _triton_launchers() -> ModuleType:
+    try:
+        from attnzoo.kernels import topm_triton
+    except ModuleNotFoundError as err:
+        if err.name != "attnzoo.kernels.topm_triton":
+            raise
+        raise NotImplementedError("triton kernel for topm_attention not built yet") from err
+    return topm_triton
+
+
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def _check_index_range(index: Tensor, upper: int, name: str, lower: int = 0) -> None:
+    """Data-dependent range check; skipped while compiling because it needs a device sync."""
+    if _compiling() or index.numel() == 0:
+        return
+    low, high = int(index.min()), int(index.max())
+    if low < lower or high >= upper:
+        raise ValueError(f"{name} must hold values in [{lower}, {upper}), got values in [{low}, {high}]")
+
+
+def _check_batch(batch: Tensor | None, num: int, name: str) -> None:
+    if batch is None:
+        return
+    if batch.dim() != 1 or batch.size(0) != num or batch.is_floating_point():
+        raise ValueError(f"{name} must be an integer vector of shape [{num}], got {batch.dtype} "
+                         f"{tuple(batch.shape)}")
+    # Graph ids below the node count let the per-graph bookkeeping use static sizes (no sync).
+    _check_index_range(batch, max(num, 1), name)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Candidate selection
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def score_candidates(score: Tensor, m: int, batch: Tensor | None = None) -> Tensor:
+    """For every vertex, the ``m`` vertices of its own graph with the highest ``score`` (highest first).
+
+    Args:
+        score: relevance of every vertex (TANGNN: cosine similarity to the auxiliary vector).
+        m: candidates per vertex; clamped to the graph size, empty slots are ``-1``.
+        batch: graph id of every vertex (PyG ``batch``), ids in ``[0, N)``; None means one graph.
+
+    Shapes:
+        score ``[N]``, batch ``[N]`` -> index ``[N, min(m, N)]`` (int64).
+    """
+    if score.dim() != 1:
+        raise ValueError(f"score must be 1-D [N], got shape {tuple(score.shape)}")
+    if m < 1:
+        raise ValueError(f"m must be >= 1, got {m}")
+    _check_batch(batch, score.size(0), "batch")
+    num = score.size(0)
+    m = min(m, num)
+    if batch is None:
+        top = torch.topk(score, m).indices  # [m]
+        return top.unsqueeze(0).expand(num, m)  # [N, m], one shared candidate set
+    # Order the vertices by graph, and by descending score inside a graph (two stable sorts).
+    order = torch.sort(score, descending=True, stable=True).indices
+    order = order[torch.sort(batch[order], stable=True).indices]  # [N]
+    # At most N graphs, so N slots hold every graph's size without reading the number of graphs back.
+    count = torch.zeros(num, dtype=torch.long, device=score.device).scatter_add_(0, batch, torch.ones_like(batch))
+    start = torch.cumsum(count, 0) - count  # [N] first position of each graph in `order`
+    rank = torch.arange(m, device=score.device)
+    pos = start[batch].unsqueeze(1) + rank  # [N, m]
+    valid = rank < count[batch].unsqueeze(1)  # [N, m]
+    return torch.where(valid, order[pos.clamp(max=num - 1)], -1)
+
+
+def sample_neighbor_mask(dst: Tensor, num_nodes: int, k: int, generator: torch.Generator | None = None) -> Tensor:
+    """Keep at most ``k`` uniformly random incoming edges per target vertex (GraphSAGE's fixed-size sampling).
+
+    Args:
+        dst: target vertex of every edge.
+        num_nodes: number of vertices.
+        k: edges kept per target; targets with fewer keep them all.
+        generator: random generator for reproducible samples.
+
+    Shapes:
+        dst ``[E]`` -> keep ``[E]`` (bool).
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    num_edges = dst.size(0)
+    noise = torch.rand(num_edges, generator=generator, device=dst.device)
+    order = torch.sort(noise).indices
+    order = order[torch.sort(dst[order], stable=True).indices]  # [E] grouped by target, random inside a group
+    count = torch.zeros(num_nodes, dtype=torch.long, device=dst.device).scatter_add_(0, dst, torch.ones_like(dst))
+    start = torch.cumsum(count, 0) - count  # [num_nodes]
+    rank = torch.empty_like(dst)
+    rank[order] = torch.arange(num_edges, device=dst.device) - start[dst[order]]
+    return rank < k
+
+
+def topm_knn_reference(query: Tensor, key: Tensor, m: int, batch_query: Tensor, batch_key: Tensor,
+                       block_size: int = 1024) -> Tensor:
+    """Exact top-m keys by dot product for every query, among keys of the same graph; blockwise.
+
+    Only a ``[block, block + m]`` similarity tile exists at a time. When ``batch_key`` is sorted (PyG batches
+    are), each query block only visits the key range of the graphs it contains.
+
+    Shapes:
+        query ``[N, F]``, key ``[S, F]``, batch_query ``[N]``, batch_key ``[S]`` -> index ``[N, min(m, S)]``,
+        best first, ``-1`` where the graph has fewer keys than m.
+    """
+    num_q, num_k = query.size(0), key.size(0)
+    m = min(m, num_k)
+    out = torch.full((num_q, m), -1, dtype=torch.long, device=query.device)
+    if num_q == 0 or m == 0:
+        return out
+    keys_sorted = bool((batch_key[1:] >= batch_key[:-1]).all())
+    for q0 in range(0, num_q, block_size):
+        q_blk, b_blk = query[q0:q0 + block_size], batch_query[q0:q0 + block_size]  # [b, F], [b]
+        lo, hi = 0, num_k
+        if keys_sorted:
+            bounds = torch.stack([b_blk.min(), b_blk.max()])
+            lo = int(torch.searchsorted(batch_key, bounds[0]))
+            hi = int(torch.searchsorted(batch_key, bounds[1], right=True))
+        best_val = q_blk.new_full((q_blk.size(0), m), -math.inf)  # [b, m]
+        best_idx = torch.full((q_blk.size(0), m), -1, dtype=torch.long, device=query.device)  # [b, m]
+        for k0 in range(lo, hi, block_size):
+            k1 = min(k0 + block_size, hi)
+            sim = q_blk @ key[k0:k1].T  # [b, k1 - k0]
+            sim = sim.masked_fill(b_blk.unsqueeze(1) != batch_key[k0:k1].unsqueeze(0), -math.inf)
+            cand_idx = torch.arange(k0, k1, device=query.device).expand(q_blk.size(0), -1)
+            best_val, pos = torch.cat([best_val, sim], 1).topk(m, dim=1)  # [b, m]
+            best_idx = torch.cat([best_idx, cand_idx], 1).gather(1, pos)  # [b, m]
+        out[q0:q0 + q_blk.size(0)] = torch.where(best_val == -math.inf, -1, best_idx)
+    return out
+
+
+@torch.library.custom_op("attnzoo::topm_knn", mutates_args=())
+def _topm_knn_op(query: Tensor, key: Tensor, m: int, batch_query: Tensor, batch_key: Tensor, block_size: int,
+                 backend: str) -> Tensor:
+    if backend == "triton":
+        return _triton_launchers().topm_knn(query, key, m, batch_query, batch_key)
+    return topm_knn_reference(query, key, m, batch_query, batch_key, block_size)
+
+
+@_topm_knn_op.register_fake
+def _(query, key, m, batch_query, batch_key, block_size, backend):
+    return query.new_empty((query.size(0), min(m, key.size(0))), dtype=torch.long)
+
+
+def topm_knn(query: Tensor, key: Tensor, m: int, batch: Tensor | None = None, batch_key: Tensor | None = None,
+             block_size: int = 1024, backend: str | None = "auto") -> Tensor:
+    """Per-query exact top-m keys by dot product, restricted to the query's own graph ('knn' candidates).
+
+    Index selection is not differentiable: gradients reach query and key through :func:`topm_attention`.
+
+    Args:
+        query: query features (heads flattened).
+        key: key features (heads flattened).
+        m: candidates per query; clamped to the number of keys.
+        batch: graph id of every query; None means one graph.
+        batch_key: graph id of every key; defaults to ``batch`` (self-attention on one vertex set).
+        block_size: rows and columns of one similarity tile.
+        backend: 'auto', 'torch' or 'triton'.
+
+    Shapes:
+        query ``[N, F]``, key ``[S, F]`` -> index ``[N, min(m, S)]`` (int64, best first, ``-1`` = empty slot).
+    """
+    if query.dim() != 2 or key.dim() != 2 or query.size(1) != key.size(1):
+        raise ValueError(f"query and key must be [N, F] and [S, F], got {tuple(query.shape)} and {tuple(key.shape)}")
+    if m < 1:
+        raise ValueError(f"m must be >= 1, got {m}")
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    if batch_key is None:
+        batch_key = batch
+    if (batch is None) != (batch_key is None):
+        raise ValueError("batch and batch_key must be given together when query and key differ")
+    if batch is None:
+        batch = torch.zeros(query.size(0), dtype=torch.long, device=query.device)
+        batch_key = torch.zeros(key.size(0), dtype=torch.long, device=key.device)
+    _check_batch(batch, query.size(0), "batch")
+    _check_batch(batch_key, key.size(0), "batch_key")
+    return _topm_knn_op(query.detach(), key.detach(), m, batch.long(), batch_key.long(), block_size,
+                        resolve_backend(backend, query))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Top-m attention
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def topm_attention_weights(query: Tensor, key: Tensor, index: Tensor, scale: float) -> Tensor:
+    """Softmax weights of every query over its candidates; empty slots (``index == -1``) get exactly 0.
+
+    Shapes:
+        query ``[N, H, D]``, key ``[S, H, D]``, index ``[N, m]`` -> weights ``[N, m, H]``.
+    """
+    valid = (index >= 0).unsqueeze(-1)  # [N, m, 1]
+    k = key[index.clamp(min=0)]  # [N, m, H, D]
+    logits = torch.einsum("nhd,nmhd->nmh", query, k) * scale  # [N, m, H]
+    # A finite fill (not -inf) keeps an all-empty row NaN-free: its uniform weights are zeroed by `valid`.
+    logits = logits.masked_fill(~valid, torch.finfo(logits.dtype).min)
+    return torch.softmax(logits, dim=1) * valid
+
+
+def topm_attention_reference(query: Tensor, key: Tensor, value: Tensor, index: Tensor, scale: float) -> Tensor:
+    """PyTorch reference of :func:`topm_attention`: ``out_n = sum_r softmax_r(q_n·k_{idx[n,r]}·scale) v_{idx[n,r]}``.
+
+    Shapes:
+        query ``[N, H, D]``, key ``[S, H, D]``, value ``[S, H, C]``, index ``[N, m]`` -> out ``[N, H, C]``.
+    """
+    weights = topm_attention_weights(query, key, index, scale)  # [N, m, H]
+    v = value[index.clamp(min=0)]  # [N, m, H, C]
+    return torch.einsum("nmh,nmhc->nhc", weights, v)
+
+
+def topm_attention_backward_reference(grad_out: Tensor, query: Tensor, key: Tensor, value: Tensor, index: Tensor,
+                                      scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of :func:`topm_attention_reference` w.r.t. query, key and value, written out.
+
+    Explicit formulas rather than autograd: a custom op's implementation runs below the autograd dispatch key, so
+    it cannot differentiate the reference itself. ``gradcheck`` on the public op checks these formulas.
+
+    Shapes:
+        grad_out ``[N, H, C]`` plus the forward inputs -> grad_query ``[N, H, D]``, grad_key ``[S, H, D]``,
+        grad_value ``[S, H, C]``.
+    """
+    safe = index.clamp(min=0)  # [N, m]; empty slots carry zero weight, so their gradients vanish
+    weights = topm_attention_weights(query, key, index, scale)  # [N, m, H]
+    k, v = key[safe], value[safe]  # [N, m, H, D], [N, m, H, C]
+    grad_w = torch.einsum("nhc,nmhc->nmh", grad_out, v)  # [N, m, H]
+    grad_logits = weights * (grad_w - (weights * grad_w).sum(1, keepdim=True)) * scale  # softmax backward
+    grad_q = torch.einsum("nmh,nmhd->nhd", grad_logits, k)
+    flat = safe.reshape(-1)  # [N*m]
+    grad_k = torch.zeros_like(key).index_add_(0, flat, torch.einsum("nmh,nhd->nmhd", grad_logits, query).flatten(0, 1))
+    grad_v = torch.zeros_like(value).index_add_(0, flat, torch.einsum("nmh,nhc->nmhc", weights, grad_out).flatten(0, 1))
+    return grad_q, grad_k, grad_v
+
+
+@torch.library.custom_op("attnzoo::topm_attention", mutates_args=())
+def _topm_attention_op(query: Tensor, key: Tensor, value: Tensor, index: Tensor, scale: float,
+                       backend: str) -> Tensor:
+    if backend == "triton":
+        return _triton_launchers().topm_attention_forward(query, key, value, index, scale)
+    return topm_attention_reference(query, key, value, index, scale)
+
+
+@_topm_attention_op.register_fake
+def _(query, key, value, index, scale, backend):
+    return value.new_empty((query.size(0), value.size(1), value.size(2)))
+
+
+@torch.library.custom_op("attnzoo::topm_attention_backward", mutates_args=())
+def _topm_attention_backward_op(grad_out: Tensor, query: Tensor, key: Tensor, value: Tensor, index: Tensor,
+                                scale: float, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    if backend == "triton":
+        return _triton_launchers().topm_attention_backward(grad_out, query, key, value, index, scale)
+    return topm_attention_backward_reference(grad_out, query, key, value, index, scale)
+
+
+@_topm_attention_backward_op.register_fake
+def _(grad_out, query, key, value, index, scale, backend):
+    return torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    query, key, value, index, scale, backend = inputs
+    ctx.save_for_backward(query, key, value, index)
+    ctx.scale, ctx.backend = scale, backend
+
+
+def _backward(ctx, grad_out: Tensor):
+    query, key, value, index = ctx.saved_tensors
+    grads = _topm_attention_backward_op(grad_out.contiguous(), query, key, value, index, ctx.scale, ctx.backend)
+    return *grads, None, None, None
+
+
+_topm_attention_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def topm_attention(query: Tensor, key: Tensor, value: Tensor, index: Tensor, scale: float | None = None,
+                   backend: str | None = "auto") -> Tensor:
+    """Multi-head scaled dot-product attention of every query over its own m candidate keys.
+
+    Args:
+        query: one query per vertex.
+        key: keys of the candidate pool.
+        value: values of the candidate pool.
+        index: the m candidates of every query (rows of ``key``/``value``), ``-1`` for an empty slot.
+        scale: logit scale; default ``1/sqrt(D)``.
+        backend: 'auto', 'torch' or 'triton'.
+
+    Shapes:
+        query ``[N, H, D]``, key ``[S, H, D]``, value ``[S, H, C]``, index ``[N, m]`` -> out ``[N, H, C]``.
+    """
+    if query.dim() != 3 or key.dim() != 3 or value.dim() != 3:
+        raise ValueError(f"query, key and value must be 3-D [N, H, D], got {tuple(query.shape)}, "
+                         f"{tuple(key.shape)}, {tuple(value.shape)}")
+    if query.shape[1:] != key.shape[1:]:
+        raise ValueError(f"query {tuple(query.shape)} and key {tuple(key.shape)} must agree on heads and width")
+    if value.shape[:2] != key.shape[:2]:
+        raise ValueError(f"value {tuple(value.shape)} must have key's rows and heads {tuple(key.shape[:2])}")
+    if not (query.dtype == key.dtype == value.dtype) or not query.is_floating_point():
+        raise TypeError(f"query, key and value must share one floating dtype, got {query.dtype}, {key.dtype}, "
+                        f"{value.dtype}")
+    if index.dim() != 2 or index.size(0) != query.size(0) or index.is_floating_point():
+        raise ValueError(f"index must be an integer tensor of shape [{query.size(0)}, m], got {index.dtype} "
+                         f"{tuple(index.shape)}")
+    _check_index_range(index, key.size(0), "index", lower=-1)
+    if scale is None:
+        scale = query.size(-1) ** -0.5
+    elif not scale > 0:
+        raise ValueError(f"scale must be > 0, got {scale}")
+    return _topm_attention_op(query, key, value, index.long(), float(scale), resolve_backend(backend, query))
