@@ -75,22 +75,23 @@ def resolve_backend(backend: str | None, tensor: torch.Tensor) -> str:
 
 def reference_vjp(fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor | None], grad_out: torch.Tensor,
                   *args) -> list[torch.Tensor | None]:
-    """Gradients of ``fn(*inputs, *args)`` w.r.t. the floating-point ``inputs``, by autograd on the reference.
+    """Gradients of ``fn(*inputs, *args)`` w.r.t. the floating-point ``inputs``, by differentiating the reference.
 
     Used as the 'torch' backend of an op's backward: the backward op's implementation differentiates the
-    PyTorch reference, so the reference and its gradient can never drift apart. ``None`` inputs and
-    non-floating inputs get ``None`` gradients.
+    PyTorch reference, so the reference and its gradient can never drift apart. It uses ``torch.func.vjp``
+    because a custom op's implementation runs with the autograd dispatch keys excluded, where plain
+    ``torch.autograd.grad`` records no graph. ``None`` and non-floating inputs get ``None`` gradients.
     """
-    with torch.enable_grad():
-        leaves = [t.detach().requires_grad_(t.is_floating_point()) if t is not None else None for t in inputs]
-        out = fn(*leaves, *args)
-        wrt = [t for t in leaves if t is not None and t.requires_grad]
-        grads = iter(torch.autograd.grad(out, wrt, grad_out, allow_unused=True))
-    result = []
-    for t in leaves:
-        if t is not None and t.requires_grad:
-            g = next(grads)
-            result.append(torch.zeros_like(t) if g is None else g)
-        else:
-            result.append(None)
+    wrt = [i for i, t in enumerate(inputs) if t is not None and t.is_floating_point()]
+
+    def partial(*diff: torch.Tensor) -> torch.Tensor:
+        full = list(inputs)
+        for i, t in zip(wrt, diff, strict=True):
+            full[i] = t
+        return fn(*full, *args)
+
+    _, vjp = torch.func.vjp(partial, *(inputs[i] for i in wrt))
+    result: list[torch.Tensor | None] = [None] * len(inputs)
+    for i, g in zip(wrt, vjp(grad_out), strict=True):
+        result[i] = g
     return result
