@@ -23,6 +23,7 @@ sampling is vectorised (the code loops over vertices in Python).
 
 from __future__ import annotations
 
+import importlib
 import math
 from types import ModuleType
 
@@ -45,12 +46,11 @@ __all__ = [
 
 def _triton_launchers() -> ModuleType:
     try:
-        from attnzoo.kernels import topm_triton
+        return importlib.import_module("attnzoo.kernels.topm_triton")
     except ModuleNotFoundError as err:
         if err.name != "attnzoo.kernels.topm_triton":
             raise
         raise NotImplementedError("triton kernel for topm_attention not built yet") from err
-    return topm_triton
 
 
 def _compiling() -> bool:
