@@ -11,9 +11,10 @@ from ``ATTNZOO_BACKEND`` or :func:`set_backend`. 'triton' on CPU tensors is allo
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
@@ -73,25 +74,37 @@ def resolve_backend(backend: str | None, tensor: torch.Tensor) -> str:
     return backend
 
 
+@contextlib.contextmanager
+def _autograd_enabled_inside_custom_op() -> Iterator[None]:
+    """Re-enable the Autograd dispatch key that ``torch.library.custom_op`` excludes around its implementation.
+
+    Without it ``torch.enable_grad()`` alone records no graph there. (``torch.func.vjp`` would also work for
+    simple references, but fails under ``opcheck`` on references that index with integer tensors.)
+    """
+    autograd = torch._C.DispatchKeySet(torch._C.DispatchKey.AutogradFunctionality)
+    exclude = torch._C._dispatch_tls_local_exclude_set() - autograd
+    with torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), exclude), torch.enable_grad():
+        yield
+
+
 def reference_vjp(fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor | None], grad_out: torch.Tensor,
                   *args) -> list[torch.Tensor | None]:
-    """Gradients of ``fn(*inputs, *args)`` w.r.t. the floating-point ``inputs``, by differentiating the reference.
+    """Gradients of ``fn(*inputs, *args)`` w.r.t. the floating-point ``inputs``, by autograd on the reference.
 
-    Used as the 'torch' backend of an op's backward: the backward op's implementation differentiates the
-    PyTorch reference, so the reference and its gradient can never drift apart. It uses ``torch.func.vjp``
-    because a custom op's implementation runs with the autograd dispatch keys excluded, where plain
-    ``torch.autograd.grad`` records no graph. ``None`` and non-floating inputs get ``None`` gradients.
+    Used as the 'torch' backend of an op's backward (it may be called inside a custom op's implementation):
+    the backward op differentiates the PyTorch reference, so the reference and its gradient can never drift
+    apart. ``None`` and non-floating inputs get ``None`` gradients.
     """
-    wrt = [i for i, t in enumerate(inputs) if t is not None and t.is_floating_point()]
-
-    def partial(*diff: torch.Tensor) -> torch.Tensor:
-        full = list(inputs)
-        for i, t in zip(wrt, diff, strict=True):
-            full[i] = t
-        return fn(*full, *args)
-
-    _, vjp = torch.func.vjp(partial, *(inputs[i] for i in wrt))
-    result: list[torch.Tensor | None] = [None] * len(inputs)
-    for i, g in zip(wrt, vjp(grad_out), strict=True):
-        result[i] = g
+    with _autograd_enabled_inside_custom_op():
+        leaves = [t.detach().requires_grad_(t.is_floating_point()) if t is not None else None for t in inputs]
+        out = fn(*leaves, *args)
+        wrt = [t for t in leaves if t is not None and t.requires_grad]
+        grads = iter(torch.autograd.grad(out, wrt, grad_out, allow_unused=True))
+    result: list[torch.Tensor | None] = []
+    for t in leaves:
+        if t is not None and t.requires_grad:
+            g = next(grads)
+            result.append(torch.zeros_like(t) if g is None else g)
+        else:
+            result.append(None)
     return result
