@@ -47,6 +47,8 @@ class MKUNetEncoder(nn.Module, EncoderMixin):
         expansion_factor: MKIR expansion.
         depth: number of stages used (smp's ``encoder_depth``, 1..5).
         output_stride: recorded for smp; smp calls :meth:`make_dilated` when it is 8 or 16.
+        device: parameter device.
+        dtype: parameter dtype.
 
     Shapes:
         input: (B, 3, H, W) (or the ``in_channels`` smp set); output: ``depth + 1`` maps, the input first, then
@@ -58,7 +60,8 @@ class MKUNetEncoder(nn.Module, EncoderMixin):
 
     def __init__(self, channels: Sequence[int], depths: Sequence[int] = (1, 1, 1, 1, 1),
                  kernel_sizes: Sequence[int] = (1, 3, 5), expansion_factor: float = 2, depth: int = 5,
-                 output_stride: int = 32) -> None:
+                 output_stride: int = 32, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__()
         if not isinstance(depth, int) or not 1 <= depth <= 5:
             raise ValueError(f"{type(self).__name__} depth should be in range [1, 5], got {depth!r}")
@@ -66,7 +69,7 @@ class MKUNetEncoder(nn.Module, EncoderMixin):
         self._depth, self._in_channels, self._output_stride = depth, 3, output_stride
         self._out_channels = [3, *channels]
         self.channels = tuple(channels)
-        stages = mkunet_encoder_stages(3, self.channels, depths, expansion_factor, kernel_sizes)[:depth]
+        stages = mkunet_encoder_stages(3, self.channels, depths, expansion_factor, kernel_sizes, device, dtype)[:depth]
         for i, stage in enumerate(stages, start=1):
             self.add_module(f"encoder{i}", stage)
         self._pool = (True,) * depth
@@ -84,8 +87,9 @@ class MKUNetEncoder(nn.Module, EncoderMixin):
         depths, kernel_sizes, expansion_factor = self._stage_args
         self._in_channels = in_channels
         self._out_channels[0] = in_channels
+        old = self.encoder1[0].pconv1[0].weight
         self.encoder1 = mkir_stage(in_channels, self.channels[0], depths[0], expansion_factor, kernel_sizes,
-                                   device=self.encoder1[0].pconv1[0].weight.device)
+                                   device=old.device, dtype=old.dtype)
 
     def make_dilated(self, output_stride: int) -> None:
         if output_stride not in (8, 16):
