@@ -105,3 +105,16 @@ def test_other_image_size_and_intermediates():
     tokens = model.forward_intermediates(torch.randn(1, 3, 16, 24), indices=[0], output_fmt="NLC",
                                          intermediates_only=True)
     assert [t.shape for t in tokens] == [(1, 24, 256)]
+
+
+@pytest.mark.parametrize("name, kwargs", [("ninformer_cifar", dict(num_classes=3, shared_norm=False, depth=1)),
+                                          ("ninformer_vit_tiny_patch16", dict(img_size=32, depth=1, num_classes=7))])
+def test_save_and_from_pretrained_rebuild_the_same_model(tmp_path, name, kwargs):
+    from attnzoo import hub
+
+    model = create_model(name, **kwargs).eval()
+    hub.save_pretrained(model, tmp_path)
+    loaded = hub.from_pretrained(tmp_path).eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(loaded(x), model(x))
+    assert repr(loaded.blocks[0]).splitlines()[1] == repr(model.blocks[0]).splitlines()[1]  # seq_len, shared_norm
