@@ -1,0 +1,434 @@
+"""DFA3D and multi-scale deformable attention: PyTorch references and the op boundary.
+
+"3D Deformable Attention For 2D-to-3D Feature Lifting", Li et al., ICCV 2023, https://arxiv.org/abs/2307.12972.
+Multi-scale deformable attention (MSDA) is from "Deformable DETR", Zhu et al., https://arxiv.org/abs/2010.04159.
+
+Tensor layout follows the MSDA convention of the authors' code (and mmcv), plus a per-pixel depth distribution:
+
+- ``value`` (bs, num_keys, num_heads, head_dim): the flattened multi-level feature maps, split into heads;
+- ``depth`` (bs, num_keys, num_depth_bins): a depth distribution for every key. Unlike the authors' kernel,
+  which takes a copy per head, it is shared by all heads (their module only ever passes the same copy);
+- ``spatial_shapes`` (num_levels, 2) as (h, w) and ``level_start_index`` (num_levels,), integer tensors;
+- ``sampling_locations`` (bs, num_queries, num_heads, num_levels, num_points, 3) as (x, y, z) in [0, 1];
+- ``attention_weights`` (bs, num_queries, num_heads, num_levels, num_points).
+
+Pixel convention as MSDA: x maps to ``x * w - 0.5`` (``grid_sample(align_corners=False)``) with zero padding;
+depth z maps to ``z * D - 0.5`` with zero padding, so bin k is centred at z = (k + 0.5) / D.
+
+Two references compute the same function. ``deform_attn_3d_naive`` follows the paper's definition: it
+materialises the depth-expanded volume ``F(u, v, d) = P(u, v, d) X(u, v)`` and samples it trilinearly with 3-D
+``grid_sample`` (O(H W D C) memory). ``deform_attn_3d_efficient`` uses the paper's mathematically equivalent form,
+as the authors' two CUDA kernels do: trilinear sampling factorises over the four bilinear (u, v) corners into a
+per-corner depth score ``S_c`` (linear interpolation of P along depth) times the bilinear weight, so DFA3D is an
+MSDA gather whose corner weights are multiplied by ``S_c``; the volume is never built. Here the gather is one
+``embedding_bag`` over all levels, points and corners. Deliberate differences from the authors' op: gradients
+reach every input, the (x, y) gradient of the bilinear gather included (their standalone one-stage wrapper drops
+it), and there is no ``im2col_step``.
+
+The op boundary: ``attnzoo::deform_attn_3d`` and ``attnzoo::ms_deform_attn`` are ``torch.library`` custom ops with
+fake kernels and autograd through companion ``*_backward`` ops. The 'torch' backend runs the efficient reference
+(and its autograd gradient); the 'triton' backend calls launchers in ``attnzoo.kernels.dfa3d_triton``:
+``deform_attn_3d_forward(value, depth, spatial_shapes, level_start_index, sampling_locations,
+attention_weights) -> out``, ``deform_attn_3d_backward(grad_out, <same inputs>) -> (grad_value, grad_depth,
+grad_sampling_locations, grad_attention_weights)``, and ``ms_deform_attn_forward``/``ms_deform_attn_backward``
+with the same arguments less ``depth`` (and less ``grad_depth``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from types import ModuleType
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from attnzoo.kernels._dispatch import reference_vjp, resolve_backend
+
+__all__ = [
+    "deform_attn_3d",
+    "deform_attn_3d_efficient",
+    "deform_attn_3d_naive",
+    "ms_deform_attn",
+    "ms_deform_attn_efficient",
+    "ms_deform_attn_naive",
+]
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def _coords_dtype(dtype: torch.dtype) -> torch.dtype:
+    # Pixel indices above 2048 are not representable in fp16/bf16, so corner arithmetic runs in >= fp32.
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _bilinear_corners(sampling_locations: Tensor, spatial_shapes: Tensor, level_start_index: Tensor
+                      ) -> tuple[Tensor, Tensor]:
+    """Global key index and zero-padded bilinear weight of the four (u, v) corners of every sampling point.
+
+    Corner order on the last dim: (y0, x0), (y0, x1), (y1, x0), (y1, x1). Out-of-range corners get weight 0 and a
+    clamped (in-range) index, so gathers never need masking.
+
+    Shapes:
+        sampling_locations (bs, nq, nh, L, P, >=2) -> key (bs, nq, nh, L, P, 4) int64, weight (same) float.
+    """
+    loc = sampling_locations.to(_coords_dtype(sampling_locations.dtype))
+    h_int = spatial_shapes[:, 0].view(-1, 1, 1)  # (L, 1, 1): broadcasts against (..., L, P, 4)
+    w_int = spatial_shapes[:, 1].view(-1, 1, 1)
+    start = level_start_index.view(-1, 1, 1)
+    x = loc[..., 0] * spatial_shapes[:, 1].view(-1, 1).to(loc.dtype) - 0.5  # (bs, nq, nh, L, P)
+    y = loc[..., 1] * spatial_shapes[:, 0].view(-1, 1).to(loc.dtype) - 0.5
+    x0, y0 = x.floor(), y.floor()
+    fx, fy = x - x0, y - y0
+    xs = x0.long().unsqueeze(-1) + torch.tensor([0, 1, 0, 1], device=x.device)  # (bs, nq, nh, L, P, 4)
+    ys = y0.long().unsqueeze(-1) + torch.tensor([0, 0, 1, 1], device=x.device)
+    wx = torch.stack([1 - fx, fx, 1 - fx, fx], dim=-1)
+    wy = torch.stack([1 - fy, 1 - fy, fy, fy], dim=-1)
+    inside = (xs >= 0) & (xs < w_int) & (ys >= 0) & (ys < h_int)
+    key = start + torch.minimum(ys.clamp(min=0), h_int - 1) * w_int + torch.minimum(xs.clamp(min=0), w_int - 1)
+    return key, wx * wy * inside
+
+
+def _depth_scores(depth: Tensor, key: Tensor, z: Tensor) -> Tensor:
+    """Per-corner depth score S_c: the depth distribution at each corner, linearly interpolated at z (zero padded).
+
+    Shapes:
+        depth (bs, nk, D), key (bs, nq, nh, L, P, 4), z (bs, nq, nh, L, P) in [0, 1] -> (bs, nq, nh, L, P, 4).
+    """
+    bs, nk, num_bins = depth.shape
+    z = z.to(_coords_dtype(z.dtype)) * num_bins - 0.5
+    z0 = z.floor()
+    fz = z - z0
+    row = (torch.arange(bs, device=key.device).view(bs, 1, 1, 1, 1, 1) * nk + key) * num_bins
+    flat = depth.reshape(-1)  # (bs * nk * D,)
+    score = z.new_zeros(key.shape)
+    for bin_, weight in ((z0.long(), 1 - fz), (z0.long() + 1, fz)):
+        inside = (bin_ >= 0) & (bin_ < num_bins)
+        gathered = flat[row + bin_.clamp(0, num_bins - 1).unsqueeze(-1)]  # (bs, nq, nh, L, P, 4)
+        score = score + gathered * (weight * inside).unsqueeze(-1)
+    return score
+
+
+def _weighted_gather(value: Tensor, key: Tensor, corner_weight: Tensor, attention_weights: Tensor) -> Tensor:
+    """sum over levels, points and corners of attention * corner_weight * value[key], one embedding_bag per query.
+
+    Shapes:
+        value (bs, nk, nh, C), key and corner_weight (bs, nq, nh, L, P, 4), attention_weights (bs, nq, nh, L, P)
+        -> (bs, nq, nh * C).
+    """
+    bs, nk, nh, channels = value.shape
+    nq = key.shape[1]
+    head = torch.arange(nh, device=key.device).view(1, 1, nh, 1, 1, 1)
+    batch = torch.arange(bs, device=key.device).view(bs, 1, 1, 1, 1, 1)
+    rows = ((batch * nk + key) * nh + head).reshape(bs * nq * nh, -1)  # one bag of L*P*4 rows per (b, q, head)
+    weights = (attention_weights.unsqueeze(-1) * corner_weight).to(value.dtype).reshape(bs * nq * nh, -1)
+    out = F.embedding_bag(rows, value.reshape(bs * nk * nh, channels), per_sample_weights=weights, mode="sum")
+    return out.view(bs, nq, nh * channels)  # (bs * nq * nh, C) -> (bs, nq, nh * C)
+
+
+def _naive_sum(volumes: list[Tensor], grids: Tensor, attention_weights: Tensor, bs: int, nh: int) -> Tensor:
+    """MSDA's grid_sample form: sample each level's (bs * nh, C, [D,] h, w) volume and sum with the weights.
+
+    Shapes:
+        grids (bs, nq, nh, L, P, 2 or 3) in [-1, 1], attention_weights (bs, nq, nh, L, P) -> (bs, nq, nh * C).
+    """
+    nq, num_points = grids.shape[1], grids.shape[4]
+    out = 0
+    for lvl, volume in enumerate(volumes):
+        grid = grids[:, :, :, lvl].transpose(1, 2).reshape(bs * nh, nq, num_points, grids.shape[-1])
+        if volume.dim() == 5:
+            grid = grid.unsqueeze(1)  # (bs * nh, 1, nq, P, 3): 5-D grid_sample with mode='bilinear' is trilinear
+        sampled = F.grid_sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        sampled = sampled.reshape(bs * nh, -1, nq, num_points)  # (bs * nh, C, nq, P)
+        weight = attention_weights[:, :, :, lvl].transpose(1, 2).reshape(bs * nh, 1, nq, num_points)
+        out = out + (sampled * weight).sum(-1)  # (bs * nh, C, nq)
+    return out.view(bs, -1, nq).transpose(1, 2).contiguous()  # (bs, nh * C, nq) -> (bs, nq, nh * C)
+
+
+def _level_maps(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor) -> list[tuple[Tensor, slice]]:
+    """Each level's value as a (bs, nh, C, h, w) map with its key slice."""
+    bs, _, nh, channels = value.shape
+    maps = []
+    for (h, w), start in zip(spatial_shapes.tolist(), level_start_index.tolist(), strict=True):
+        keys = slice(start, start + h * w)
+        maps.append((value[:, keys].permute(0, 2, 3, 1).reshape(bs, nh, channels, h, w), keys))
+    return maps
+
+
+# ------------------------------------------------------------------------------------------ references
+
+
+def deform_attn_3d_naive(value: Tensor, depth: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
+                         sampling_locations: Tensor, attention_weights: Tensor) -> Tensor:
+    """DFA3D by definition: trilinear sampling of the depth-expanded volume P (x) X (O(h w D C) memory per level).
+
+    Shapes: see the module docstring; returns (bs, num_queries, num_heads * head_dim).
+    """
+    bs, _, nh, channels = value.shape
+    num_bins = depth.shape[-1]
+    volumes = []
+    for level_value, keys in _level_maps(value, spatial_shapes, level_start_index):
+        h, w = level_value.shape[-2:]
+        prob = depth[:, keys].transpose(1, 2).reshape(bs, 1, 1, num_bins, h, w)
+        volume = level_value.unsqueeze(3) * prob  # (bs, nh, C, D, h, w)
+        volumes.append(volume.reshape(bs * nh, channels, num_bins, h, w))
+    return _naive_sum(volumes, 2 * sampling_locations - 1, attention_weights, bs, nh)
+
+
+def deform_attn_3d_efficient(value: Tensor, depth: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
+                             sampling_locations: Tensor, attention_weights: Tensor) -> Tensor:
+    """DFA3D as depth-weighted MSDA: per-corner depth scores times bilinear weights, one weighted gather.
+
+    Shapes: see the module docstring; returns (bs, num_queries, num_heads * head_dim).
+    """
+    key, bilinear = _bilinear_corners(sampling_locations, spatial_shapes, level_start_index)
+    score = _depth_scores(depth, key, sampling_locations[..., 2])
+    return _weighted_gather(value, key, bilinear * score, attention_weights)
+
+
+def ms_deform_attn_naive(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
+                         sampling_locations: Tensor, attention_weights: Tensor) -> Tensor:
+    """Multi-scale deformable attention (2-D) with bilinear ``grid_sample`` per level, as Deformable DETR's
+    PyTorch fallback computes it.
+
+    Shapes: as :func:`deform_attn_3d_naive` with (x, y) locations; returns (bs, num_queries, num_heads * head_dim).
+    """
+    bs, _, nh, channels = value.shape
+    volumes = [v.reshape(bs * nh, channels, *v.shape[-2:]) for v, _ in
+               _level_maps(value, spatial_shapes, level_start_index)]
+    return _naive_sum(volumes, 2 * sampling_locations - 1, attention_weights, bs, nh)
+
+
+def ms_deform_attn_efficient(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
+                             sampling_locations: Tensor, attention_weights: Tensor) -> Tensor:
+    """Multi-scale deformable attention (2-D) as one weighted gather over all levels, points and corners.
+
+    Shapes: as :func:`ms_deform_attn_naive`.
+    """
+    key, bilinear = _bilinear_corners(sampling_locations, spatial_shapes, level_start_index)
+    return _weighted_gather(value, key, bilinear, attention_weights)
+
+
+# ----------------------------------------------------------------------------------------- op boundary
+
+
+def _triton_launchers(op: str) -> ModuleType:
+    try:
+        from attnzoo.kernels import dfa3d_triton
+    except ModuleNotFoundError as err:
+        if err.name != "attnzoo.kernels.dfa3d_triton":
+            raise
+        raise NotImplementedError(f"triton kernel for {op} not built yet") from err
+    return dfa3d_triton
+
+
+@contextlib.contextmanager
+def _autograd_below_custom_op() -> Iterator[None]:
+    """Re-enable the Autograd dispatch key inside a custom op's implementation.
+
+    ``torch.library.custom_op`` runs its implementation with the Autograd key excluded, so
+    ``reference_vjp``'s ``torch.enable_grad()`` alone records no graph there ("element 0 of tensors does not
+    require grad"); the 'torch' backward ops need it back to differentiate the reference.
+    """
+    autograd = torch._C.DispatchKeySet(torch._C.DispatchKey.AutogradFunctionality)
+    exclude = torch._C._dispatch_tls_local_exclude_set() - autograd
+    with torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), exclude):
+        yield
+
+
+@torch.library.custom_op("attnzoo::deform_attn_3d", mutates_args=())
+def _deform_attn_3d_op(value: Tensor, depth: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
+                       sampling_locations: Tensor, attention_weights: Tensor, backend: str) -> Tensor:
+    if backend == "triton":
+        return _triton_launchers("deform_attn_3d").deform_attn_3d_forward(
+            value, depth, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    return deform_attn_3d_efficient(value, depth, spatial_shapes, level_start_index, sampling_locations,
+                                    attention_weights)
+
+
+@_deform_attn_3d_op.register_fake
+def _(value, depth, spatial_shapes, level_start_index, sampling_locations, attention_weights, backend):
+    bs, _, nh, channels = value.shape
+    return value.new_empty(bs, sampling_locations.shape[1], nh * channels)
+
+
+@torch.library.custom_op("attnzoo::deform_attn_3d_backward", mutates_args=())
+def _deform_attn_3d_backward_op(grad_output: Tensor, value: Tensor, depth: Tensor, spatial_shapes: Tensor,
+                                level_start_index: Tensor, sampling_locations: Tensor, attention_weights: Tensor,
+                                backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    inputs = (value, depth, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    if backend == "triton":
+        return tuple(_triton_launchers("deform_attn_3d").deform_attn_3d_backward(grad_output, *inputs))
+    with _autograd_below_custom_op():
+        grads = reference_vjp(deform_attn_3d_efficient, inputs, grad_output)
+    return grads[0], grads[1], grads[4], grads[5]
+
+
+@_deform_attn_3d_backward_op.register_fake
+def _(grad_output, value, depth, spatial_shapes, level_start_index, sampling_locations, attention_weights, backend):
+    return (torch.empty_like(value), torch.empty_like(depth), torch.empty_like(sampling_locations),
+            torch.empty_like(attention_weights))
+
+
+def _save_inputs(ctx, inputs, output) -> None:
+    ctx.backend = inputs[-1]
+    ctx.save_for_backward(*inputs[:-1])
+
+
+def _deform_attn_3d_backward(ctx, grad_output: Tensor):
+    value, depth, spatial_shapes, level_start_index, locations, weights = ctx.saved_tensors
+    grad_value, grad_depth, grad_locations, grad_weights = _deform_attn_3d_backward_op(
+        grad_output.contiguous(), value, depth, spatial_shapes, level_start_index, locations, weights, ctx.backend)
+    return grad_value, grad_depth, None, None, grad_locations, grad_weights, None
+
+
+_deform_attn_3d_op.register_autograd(_deform_attn_3d_backward, setup_context=_save_inputs)
+
+
+@torch.library.custom_op("attnzoo::ms_deform_attn", mutates_args=())
+def _ms_deform_attn_op(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
+                       sampling_locations: Tensor, attention_weights: Tensor, backend: str) -> Tensor:
+    if backend == "triton":
+        return _triton_launchers("ms_deform_attn").ms_deform_attn_forward(
+            value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    return ms_deform_attn_efficient(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+
+
+@_ms_deform_attn_op.register_fake
+def _(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, backend):
+    bs, _, nh, channels = value.shape
+    return value.new_empty(bs, sampling_locations.shape[1], nh * channels)
+
+
+@torch.library.custom_op("attnzoo::ms_deform_attn_backward", mutates_args=())
+def _ms_deform_attn_backward_op(grad_output: Tensor, value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
+                                sampling_locations: Tensor, attention_weights: Tensor,
+                                backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    inputs = (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    if backend == "triton":
+        return tuple(_triton_launchers("ms_deform_attn").ms_deform_attn_backward(grad_output, *inputs))
+    with _autograd_below_custom_op():
+        grads = reference_vjp(ms_deform_attn_efficient, inputs, grad_output)
+    return grads[0], grads[3], grads[4]
+
+
+@_ms_deform_attn_backward_op.register_fake
+def _(grad_output, value, spatial_shapes, level_start_index, sampling_locations, attention_weights, backend):
+    return torch.empty_like(value), torch.empty_like(sampling_locations), torch.empty_like(attention_weights)
+
+
+def _ms_deform_attn_backward(ctx, grad_output: Tensor):
+    value, spatial_shapes, level_start_index, locations, weights = ctx.saved_tensors
+    grad_value, grad_locations, grad_weights = _ms_deform_attn_backward_op(
+        grad_output.contiguous(), value, spatial_shapes, level_start_index, locations, weights, ctx.backend)
+    return grad_value, None, None, grad_locations, grad_weights, None
+
+
+_ms_deform_attn_op.register_autograd(_ms_deform_attn_backward, setup_context=_save_inputs)
+
+
+# ------------------------------------------------------------------------------------------ validation
+
+
+def _describe(name: str, tensor: Tensor) -> str:
+    return f"{name} {tuple(tensor.shape)} {tensor.dtype}"
+
+
+def _check_inputs(value: Tensor, depth: Tensor | None, spatial_shapes: Tensor, level_start_index: Tensor,
+                  sampling_locations: Tensor, attention_weights: Tensor, coord_dim: int) -> None:
+    named = {"value": value, "spatial_shapes": spatial_shapes, "level_start_index": level_start_index,
+             "sampling_locations": sampling_locations, "attention_weights": attention_weights}
+    if depth is not None:
+        named["depth"] = depth
+    for name, tensor in named.items():
+        if not isinstance(tensor, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    floats = {k: v for k, v in named.items() if k not in ("spatial_shapes", "level_start_index")}
+    for name, tensor in floats.items():
+        if not tensor.is_floating_point():
+            raise ValueError(f"{_describe(name, tensor)}: expected a floating-point dtype")
+        if tensor.dtype != value.dtype:
+            raise ValueError(f"{_describe(name, tensor)} and {_describe('value', value)}: dtypes must match")
+    for name in ("spatial_shapes", "level_start_index"):
+        if named[name].is_floating_point() or named[name].is_complex() or named[name].dtype == torch.bool:
+            raise ValueError(f"{_describe(name, named[name])}: expected an integer dtype")
+    devices = {t.device for t in named.values()}
+    if len(devices) > 1:
+        raise ValueError(f"all inputs must be on one device, got {sorted(str(d) for d in devices)}")
+    if value.dim() != 4:
+        raise ValueError(f"{_describe('value', value)}: expected (bs, num_keys, num_heads, head_dim)")
+    bs, num_keys, nh, _ = value.shape
+    if depth is not None and (depth.dim() != 3 or tuple(depth.shape[:2]) != (bs, num_keys)):
+        raise ValueError(f"{_describe('depth', depth)}: expected (bs, num_keys, num_depth_bins) = ({bs}, {num_keys},"
+                         f" D) to match {_describe('value', value)}")
+    if spatial_shapes.dim() != 2 or spatial_shapes.shape[1] != 2:
+        raise ValueError(f"{_describe('spatial_shapes', spatial_shapes)}: expected (num_levels, 2) as (h, w)")
+    num_levels = spatial_shapes.shape[0]
+    if tuple(level_start_index.shape) != (num_levels,):
+        raise ValueError(f"{_describe('level_start_index', level_start_index)}: expected ({num_levels},) to match "
+                         f"{_describe('spatial_shapes', spatial_shapes)}")
+    loc = sampling_locations
+    if loc.dim() != 6 or loc.shape[-1] != coord_dim:
+        xyz = "(x, y, z)" if coord_dim == 3 else "(x, y)"
+        raise ValueError(f"{_describe('sampling_locations', loc)}: expected (bs, num_queries, num_heads, num_levels, "
+                         f"num_points, {coord_dim}) with {xyz} in [0, 1]")
+    if loc.shape[0] != bs or loc.shape[2] != nh or loc.shape[3] != num_levels:
+        raise ValueError(f"{_describe('sampling_locations', loc)}: batch, heads and levels must be ({bs}, {nh}, "
+                         f"{num_levels}) to match {_describe('value', value)} and spatial_shapes")
+    if attention_weights.shape != loc.shape[:-1]:
+        raise ValueError(f"{_describe('attention_weights', attention_weights)}: expected {tuple(loc.shape[:-1])} to "
+                         f"match {_describe('sampling_locations', loc)}")
+    if torch.compiler.is_compiling():
+        return  # the checks below read tensor data, which would break the graph
+    sizes = spatial_shapes.prod(dim=1)
+    starts = torch.cumsum(sizes, 0) - sizes
+    if int(sizes.sum()) != num_keys:
+        raise ValueError(f"spatial_shapes {spatial_shapes.tolist()} hold {int(sizes.sum())} keys but "
+                         f"{_describe('value', value)} has num_keys={num_keys}")
+    if not torch.equal(starts.to(level_start_index), level_start_index):
+        raise ValueError(f"level_start_index {level_start_index.tolist()} must be the running start of the levels "
+                         f"of spatial_shapes {spatial_shapes.tolist()}: expected {starts.tolist()}")
+
+
+# ------------------------------------------------------------------------------------------ public ops
+
+
+def deform_attn_3d(value: Tensor, depth: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
+                   sampling_locations: Tensor, attention_weights: Tensor, backend: str | None = "auto") -> Tensor:
+    """3-D deformable attention (DFA3D): MSDA over the depth-expanded feature volume, without building it.
+
+    Args:
+        value: per-key features split into heads.
+        depth: per-key depth distribution (shared by all heads), e.g. a softmax over depth bins.
+        spatial_shapes: (h, w) of every level, integer.
+        level_start_index: first key of every level, integer.
+        sampling_locations: (x, y, z) in [0, 1]; x, y as MSDA, z over the depth bins (zero padding outside).
+        attention_weights: weight of every sampling point (the module softmaxes them over levels x points).
+        backend: 'auto', 'torch' or 'triton' (see :mod:`attnzoo.kernels._dispatch`); None uses the default.
+
+    Shapes:
+        value (bs, num_keys, num_heads, head_dim), depth (bs, num_keys, D), spatial_shapes (L, 2),
+        level_start_index (L,), sampling_locations (bs, nq, num_heads, L, P, 3), attention_weights
+        (bs, nq, num_heads, L, P) -> (bs, nq, num_heads * head_dim).
+    """
+    _check_inputs(value, depth, spatial_shapes, level_start_index, sampling_locations, attention_weights, 3)
+    return _deform_attn_3d_op(value, depth, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+                              resolve_backend(backend, value))
+
+
+def ms_deform_attn(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor, sampling_locations: Tensor,
+                   attention_weights: Tensor, backend: str | None = "auto") -> Tensor:
+    """Multi-scale deformable attention (Deformable DETR): bilinear sampling of every level, weighted sum.
+
+    Args: as :func:`deform_attn_3d` without ``depth``; ``sampling_locations`` holds (x, y).
+
+    Shapes:
+        value (bs, num_keys, num_heads, head_dim), spatial_shapes (L, 2), level_start_index (L,),
+        sampling_locations (bs, nq, num_heads, L, P, 2), attention_weights (bs, nq, num_heads, L, P)
+        -> (bs, nq, num_heads * head_dim).
+    """
+    _check_inputs(value, None, spatial_shapes, level_start_index, sampling_locations, attention_weights, 2)
+    return _ms_deform_attn_op(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+                              resolve_backend(backend, value))
