@@ -26,6 +26,7 @@ import gzip
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -42,9 +43,11 @@ __all__ = [
     "fashion_mnist",
     "fashion_mnist_segmentation",
     "find_fashion_mnist",
+    "fmnist_cfg",
     "fmnist_transform",
     "foreground_masks",
     "read_idx",
+    "write_idx",
 ]
 
 DEBIAN_ROOT = Path("/usr/share/datasets/fashion-mnist")
@@ -159,6 +162,17 @@ def read_idx(path: str | os.PathLike, ndim: int) -> torch.Tensor:
     return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).reshape(shape)
 
 
+def write_idx(path: str | os.PathLike, tensor: torch.Tensor) -> Path:
+    """Write a uint8 tensor as an idx file (gzipped when the name ends in .gz), e.g. a subset or test fixture."""
+    path = Path(path)
+    if tensor.dim() not in _IDX_MAGIC or tensor.dtype != torch.uint8:
+        raise ValueError(f"tensor: got {tensor.dtype} with {tensor.dim()} dims, expected uint8 with 1 or 3 dims")
+    data = _IDX_MAGIC[tensor.dim()].to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in tensor.shape)
+    data += tensor.contiguous().numpy().tobytes()
+    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+    return path
+
+
 @functools.lru_cache(maxsize=8)
 def _load(images: Path, labels: Path) -> tuple[torch.Tensor, torch.Tensor]:
     x = read_idx(images, 3)
@@ -201,6 +215,12 @@ def fmnist_transform(image_size: int | tuple[int, int] = 28, in_chans: int = 1,
         return image.contiguous()
 
     return transform
+
+
+def fmnist_cfg(image_size: int = 28, in_chans: int = 1, num_classes: int = 10) -> dict[str, Any]:
+    """The timm ``pretrained_cfg`` fields of a model trained on Fashion-MNIST through :func:`fmnist_transform`."""
+    return {"input_size": (in_chans, image_size, image_size), "mean": (FMNIST_MEAN,) * in_chans,
+            "std": (FMNIST_STD,) * in_chans, "num_classes": num_classes, "crop_pct": 1.0, "interpolation": "bilinear"}
 
 
 class FashionMNIST(Dataset):

@@ -1,4 +1,3 @@
-import gzip
 import importlib
 from collections import deque
 from pathlib import Path
@@ -10,14 +9,6 @@ import torch
 fm = importlib.import_module("attnzoo.data.fashion_mnist")
 
 
-def write_idx(path: Path, tensor: torch.Tensor) -> None:
-    header = (0x0800 + tensor.dim()).to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in tensor.shape)
-    data = header + tensor.to(torch.uint8).numpy().tobytes()
-    if path.suffix == ".gz":
-        data = gzip.compress(data)
-    path.write_bytes(data)
-
-
 def fake_split(folder: Path, split: str, n: int = 5, gz: bool = True,
                seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
@@ -26,8 +17,8 @@ def fake_split(folder: Path, split: str, n: int = 5, gz: bool = True,
     folder.mkdir(parents=True, exist_ok=True)
     prefix = "train" if split == "train" else "t10k"
     ext = ".gz" if gz else ""
-    write_idx(folder / f"{prefix}-images-idx3-ubyte{ext}", images)
-    write_idx(folder / f"{prefix}-labels-idx1-ubyte{ext}", labels)
+    fm.write_idx(folder / f"{prefix}-images-idx3-ubyte{ext}", images)
+    fm.write_idx(folder / f"{prefix}-labels-idx1-ubyte{ext}", labels)
     return images, labels
 
 
@@ -115,12 +106,14 @@ def test_download_failure_reason_is_reported(tmp_path, no_debian, monkeypatch):
 
 def test_read_idx_rejects_bad_files(tmp_path):
     path = tmp_path / "x-idx3-ubyte"
-    write_idx(path, torch.zeros(2, 3, 3, dtype=torch.uint8))
+    fm.write_idx(path, torch.zeros(2, 3, 3, dtype=torch.uint8))
     with pytest.raises(ValueError, match="magic"):
         fm.read_idx(path, 1)
     path.write_bytes(path.read_bytes()[:-1])
     with pytest.raises(ValueError, match="expected 34"):
         fm.read_idx(path, 3)
+    with pytest.raises(ValueError, match="uint8"):
+        fm.write_idx(path, torch.zeros(2, 3))
 
 
 def bfs_masks(images: torch.Tensor, threshold: float) -> torch.Tensor:
