@@ -180,10 +180,10 @@ class TopMAttentionConv(MessagePassing):
         """Candidate index ``[N, m']`` and the values to attend to (relevance-scaled in 'aux' mode)."""
         num_nodes = key.size(0)
         if self.mode == "knn":
-            index = topm_knn(query.reshape(num_nodes, -1), key.reshape(num_nodes, -1), self.m, batch,
+            index = topm_knn(query.flatten(1), key.flatten(1), self.m, batch,
                              block_size=self.block_size, backend=self.backend)
             return index, value
-        score = F.cosine_similarity(F.relu(key.reshape(num_nodes, -1)), self.aux.unsqueeze(0), dim=-1)  # [N]
+        score = F.cosine_similarity(F.relu(key.flatten(1)), self.aux.unsqueeze(0), dim=-1)  # [N]
         index = score_candidates(score.detach(), self.m, batch)
         return index, value * score.view(num_nodes, 1, 1)
 
@@ -218,7 +218,7 @@ class TopMAttentionConv(MessagePassing):
         index, value = self._candidates(query, key, value, batch)  # [N, m'], [N, H, D]
         scale = shape[-1] ** -0.5
         h_top = topm_attention(query, key, value, index, scale, backend=self.backend)  # [N, H, D]
-        out = self.lin_out(torch.cat([h_neighbors, h_top.reshape(num_nodes, -1)], dim=-1))  # [N, out]
+        out = self.lin_out(torch.cat([h_neighbors, h_top.flatten(1)], dim=-1))  # [N, out]
         if return_attention_weights:
             return out, (index, topm_attention_weights(query, key, index, scale))
         return out
