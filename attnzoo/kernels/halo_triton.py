@@ -1,0 +1,295 @@
+"""Triton kernels for halo attention (HaloNet blocked local self-attention), forward and backward.
+
+"Scaling Local Self-Attention for Parameter Efficient Visual Backbones", Vaswani et al., CVPR 2021,
+https://arxiv.org/abs/2103.12731. The op boundary, the layouts and the PyTorch reference live in
+:mod:`attnzoo.kernels.halo`; this module holds only the kernels and their launchers.
+
+One program owns the queries of one block (``BLOCK_Q`` of them; big blocks are split over a third grid axis) of one
+(batch * head) map. It reads its queries and its ``win x win`` window straight from the image-layout maps (any
+strides, nothing unfolded or padded in memory): window pixels outside the key map are loaded as zero keys and values,
+which enter the softmax with logit = position term only (timm), or are excluded with ``MASK_PADDING``.
+
+The window is laid out on a ``WINP x WINP`` grid (``WINP`` = next power of two >= max(win, 16)) and walked in chunks
+of ``KH`` window rows, key ``j`` of a chunk being window pixel ``(kh0 + j // WINP, j % WINP)``; the forward runs an
+online softmax over the chunks (one chunk for win <= 16, the usual case). The relative-position logits are
+factorised: ``G_h[i, kh] = q_i . height_rel[kh - qh_i + win - 1]`` is, for each query row ``qh``, a small
+``q @ height_rel[rows]^T`` over a contiguous slice of the table, kept for the queries of that row; likewise
+``G_w`` along width. They reach the logits by broadcasting ``G_h[:, :, None] + G_w[:, None, :]`` over the chunk, so
+neither timm's skewed ``(bs^2, win^2)`` position tensors nor any gather from registers is needed.
+
+The backward recomputes the probabilities (a first pass over the chunks gives the log-sum-exp, since the op saves
+only the output) and applies flash attention's formulas: ``dV = P^T dO``, ``dS = P * (dO V^T - rowsum(dO * O))``,
+``dQ = scale * dS K + rel``, ``dK = scale * dS^T Q``. Windows of neighbouring blocks overlap, so dK and dV go to the
+maps with ``tl.atomic_add`` into buffers in the accumulation dtype. The position gradients are row and column sums of
+``dS``; shifting them onto table rows (row ``kh - qh + win - 1``) is a product with a 0/1 matrix, done in 3xTF32 so
+it stays exact to fp32 rounding, and each program adds its (rows x dqk) table gradient once into one of ``SPLIT``
+fp32 copies (summed by the launcher) to keep atomics on the tiny tables from contending.
+
+Accumulation is fp32 (fp64 for fp64 inputs, so gradcheck can run through the kernels). 16-bit inputs are upcast and
+multiplied in TF32, which is exact for fp16/bf16 operands; fp32 inputs use full-precision (``ieee``) products.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+__all__ = ["halo_attention_backward", "halo_attention_forward"]
+
+# Copies of the relative-table gradient that programs add into (program id modulo SPLIT).
+_REL_GRAD_SPLIT = 64
+
+
+# ---------------------------------------------------------------------------------------------- kernels
+
+
+@triton.jit
+def _block_queries(pid_blk, pid_q, nbw, hq, wq, QB: tl.constexpr, BLOCK_Q: tl.constexpr):
+    """Block grid position (bi, bj) and, for the program's queries, block-local (qh, qw), map (row, col), validity."""
+    bi = pid_blk // nbw
+    bj = pid_blk % nbw
+    i = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    qh = i // QB
+    qw = i % QB
+    row = bi * QB + qh
+    col = bj * QB + qw
+    valid = (i < QB * QB) & (row < hq) & (col < wq)
+    return bi, bj, qh, qw, row, col, valid
+
+
+@triton.jit
+def _load_pixels(base, s_c, s_h, s_w, rows, cols, valid, chans, num_chans, ACC: tl.constexpr):
+    """(pixels, channels) tile of an image-layout map, zero where ``valid`` is False or past ``num_chans``."""
+    ptrs = base + chans[None, :] * s_c + rows[:, None] * s_h + cols[:, None] * s_w
+    return tl.load(ptrs, mask=valid[:, None] & (chans[None, :] < num_chans), other=0.0).to(ACC)
+
+
+@triton.jit
+def _window_chunk(bi, bj, kh0, h, w, BLOCK: tl.constexpr, HALO: tl.constexpr, WIN: tl.constexpr,
+                  WINP: tl.constexpr, KH: tl.constexpr, MASK_PADDING: tl.constexpr):
+    """Key-map (row, col) of the chunk's keys, which lie inside the map, and which take part in the softmax."""
+    j = tl.arange(0, KH * WINP)
+    kh = kh0 + j // WINP
+    kw = j % WINP
+    ky = bi * BLOCK - HALO + kh
+    kx = bj * BLOCK - HALO + kw
+    in_win = (kh < WIN) & (kw < WIN)
+    in_map = in_win & (ky >= 0) & (ky < h) & (kx >= 0) & (kx < w)
+    if MASK_PADDING:
+        key_ok = in_map
+    else:
+        key_ok = in_win
+    return ky, kx, in_map, key_ok
+
+
+@triton.jit
+def _rel_logits(q, table_ptr, local, first, chans, dqk, NUM: tl.constexpr, QB: tl.constexpr,
+                WIN: tl.constexpr, PREC: tl.constexpr):
+    """``G[i, c] = q_i . table[first + c - local_i + WIN - 1]`` for c < NUM (zero where first + c >= WIN).
+
+    ``local`` is each query's block-local row (height table) or column (width table). Queries sharing a ``local``
+    value read the same contiguous table slice, so this is QB small products, each kept for its own queries.
+    """
+    c = first + tl.arange(0, NUM)
+    g = tl.zeros((q.shape[0], NUM), dtype=q.dtype)
+    for r in range(QB):
+        rows = c + WIN - 1 - r
+        table = tl.load(table_ptr + rows[None, :] * dqk + chans[:, None],
+                        mask=(chans[:, None] < dqk) & (c[None, :] < WIN), other=0.0).to(q.dtype)  # (D, NUM)
+        g = tl.where(local[:, None] == r, tl.dot(q, table, input_precision=PREC), g)
+    return g
+
+
+@triton.jit
+def _logits(q, k, g_w, rh_ptr, qh, kh0, chans, dqk, key_ok, scale, rel_scale, QB: tl.constexpr,
+            WIN: tl.constexpr, WINP: tl.constexpr, KH: tl.constexpr, PREC: tl.constexpr):
+    """``scale * q.k + rel_scale * (G_h + G_w)`` for one chunk of keys, -inf where a key takes no part."""
+    s = tl.dot(q, tl.trans(k), input_precision=PREC)  # (BLOCK_Q, KH * WINP)
+    g_h = _rel_logits(q, rh_ptr, qh, kh0, chans, dqk, KH, QB, WIN, PREC)  # (BLOCK_Q, KH)
+    rel = tl.reshape(g_h[:, :, None] + g_w[:, None, :], (q.shape[0], KH * WINP))
+    s = s * scale + rel * rel_scale
+    return tl.where(key_ok[None, :], s, float("-inf"))
+
+
+@triton.jit
+def _shift_to_rows(g, local, first, RP: tl.constexpr, QB: tl.constexpr, WIN: tl.constexpr,
+                   SHIFT_PREC: tl.constexpr):
+    """Adjoint of :func:`_rel_logits`' indexing: ``M[i, first + c - local_i + WIN - 1] += g[i, c]``, M (BLOCK_Q, RP)."""
+    c = first + tl.arange(0, g.shape[1])
+    r = tl.arange(0, RP)
+    m = tl.zeros((g.shape[0], RP), dtype=g.dtype)
+    for t in range(QB):
+        onehot = (r[None, :] == c[:, None] + WIN - 1 - t).to(g.dtype)  # (NUM, RP)
+        m = tl.where(local[:, None] == t, tl.dot(g, onehot, input_precision=SHIFT_PREC), m)
+    return m
+
+
+@triton.jit
+def _halo_fwd_kernel(q_ptr, k_ptr, v_ptr, rh_ptr, rw_ptr, out_ptr,
+                     sq_b, sq_c, sq_h, sq_w, sk_b, sk_c, sk_h, sk_w, sv_b, sv_c, sv_h, sv_w,
+                     so_b, so_c, so_h, so_w, h, w, hq, wq, nbw, dqk, dv, scale, rel_scale,
+                     BLOCK: tl.constexpr, HALO: tl.constexpr, QB: tl.constexpr, WIN: tl.constexpr,
+                     WINP: tl.constexpr, KH: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_DQK: tl.constexpr,
+                     BLOCK_DV: tl.constexpr, MASK_PADDING: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
+    pid_bh = tl.program_id(0).to(tl.int64)
+    bi, bj, qh, qw, row, col, valid = _block_queries(tl.program_id(1), tl.program_id(2), nbw, hq, wq, QB, BLOCK_Q)
+    cq = tl.arange(0, BLOCK_DQK)
+    cv = tl.arange(0, BLOCK_DV)
+    q = _load_pixels(q_ptr + pid_bh * sq_b, sq_c, sq_h, sq_w, row, col, valid, cq, dqk, ACC)  # (BLOCK_Q, DQK)
+    g_w = _rel_logits(q, rw_ptr, qw, 0, cq, dqk, WINP, QB, WIN, PREC)  # (BLOCK_Q, WINP), the same for every chunk
+    m = tl.full((BLOCK_Q,), -1.0e30, dtype=ACC)  # finite: a chunk whose keys are all masked must not give NaN
+    denom = tl.zeros((BLOCK_Q,), dtype=ACC)
+    acc = tl.zeros((BLOCK_Q, BLOCK_DV), dtype=ACC)
+    for kh0 in range(0, WIN, KH):
+        ky, kx, in_map, key_ok = _window_chunk(bi, bj, kh0, h, w, BLOCK, HALO, WIN, WINP, KH, MASK_PADDING)
+        k = _load_pixels(k_ptr + pid_bh * sk_b, sk_c, sk_h, sk_w, ky, kx, in_map, cq, dqk, ACC)  # (KN, DQK)
+        v = _load_pixels(v_ptr + pid_bh * sv_b, sv_c, sv_h, sv_w, ky, kx, in_map, cv, dv, ACC)  # (KN, DV)
+        s = _logits(q, k, g_w, rh_ptr, qh, kh0, cq, dqk, key_ok, scale, rel_scale, QB, WIN, WINP, KH, PREC)
+        m_new = tl.maximum(m, tl.max(s, 1))
+        alpha = tl.exp(m - m_new)
+        p = tl.exp(s - m_new[:, None])
+        denom = denom * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=PREC)
+        m = m_new
+    out = acc / denom[:, None]
+    ptrs = out_ptr + pid_bh * so_b + cv[None, :] * so_c + row[:, None] * so_h + col[:, None] * so_w
+    tl.store(ptrs, out.to(out_ptr.dtype.element_ty), mask=valid[:, None] & (cv[None, :] < dv))
+
+
+@triton.jit
+def _halo_bwd_kernel(q_ptr, k_ptr, v_ptr, rh_ptr, rw_ptr, out_ptr, do_ptr, dq_ptr, dk_ptr, dv_ptr, drel_ptr,
+                     sq_b, sq_c, sq_h, sq_w, sk_b, sk_c, sk_h, sk_w, sv_b, sv_c, sv_h, sv_w,
+                     so_b, so_c, so_h, so_w, sd_b, sd_c, sd_h, sd_w, h, w, hq, wq, nbw, nb, dqk, dv, scale, rel_scale,
+                     BLOCK: tl.constexpr, HALO: tl.constexpr, QB: tl.constexpr, WIN: tl.constexpr,
+                     WINP: tl.constexpr, KH: tl.constexpr, RP: tl.constexpr, BLOCK_Q: tl.constexpr,
+                     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, SPLIT: tl.constexpr,
+                     MASK_PADDING: tl.constexpr, PREC: tl.constexpr, SHIFT_PREC: tl.constexpr, ACC: tl.constexpr):
+    pid_bh = tl.program_id(0).to(tl.int64)
+    bi, bj, qh, qw, row, col, valid = _block_queries(tl.program_id(1), tl.program_id(2), nbw, hq, wq, QB, BLOCK_Q)
+    cq = tl.arange(0, BLOCK_DQK)
+    cv = tl.arange(0, BLOCK_DV)
+    q = _load_pixels(q_ptr + pid_bh * sq_b, sq_c, sq_h, sq_w, row, col, valid, cq, dqk, ACC)
+    # invalid (padding) queries load dO = O = 0, so their dS rows vanish and they add nothing to dK, dV or the tables
+    do = _load_pixels(do_ptr + pid_bh * sd_b, sd_c, sd_h, sd_w, row, col, valid, cv, dv, ACC)  # (BLOCK_Q, DV)
+    o = _load_pixels(out_ptr + pid_bh * so_b, so_c, so_h, so_w, row, col, valid, cv, dv, ACC)
+    delta = tl.sum(do * o, 1)
+    g_w = _rel_logits(q, rw_ptr, qw, 0, cq, dqk, WINP, QB, WIN, PREC)
+    k_base = k_ptr + pid_bh * sk_b
+    v_base = v_ptr + pid_bh * sv_b
+
+    m = tl.full((BLOCK_Q,), -1.0e30, dtype=ACC)
+    denom = tl.zeros((BLOCK_Q,), dtype=ACC)
+    for kh0 in range(0, WIN, KH):
+        ky, kx, in_map, key_ok = _window_chunk(bi, bj, kh0, h, w, BLOCK, HALO, WIN, WINP, KH, MASK_PADDING)
+        k = _load_pixels(k_base, sk_c, sk_h, sk_w, ky, kx, in_map, cq, dqk, ACC)
+        s = _logits(q, k, g_w, rh_ptr, qh, kh0, cq, dqk, key_ok, scale, rel_scale, QB, WIN, WINP, KH, PREC)
+        m_new = tl.maximum(m, tl.max(s, 1))
+        denom = denom * tl.exp(m - m_new) + tl.sum(tl.exp(s - m_new[:, None]), 1)
+        m = m_new
+    lse = m + tl.log(denom)
+
+    hw = h * w
+    dk_base = dk_ptr + pid_bh * dqk * hw
+    dv_base = dv_ptr + pid_bh * dv * hw
+    dq = tl.zeros((BLOCK_Q, BLOCK_DQK), dtype=ACC)
+    grad_gw = tl.zeros((BLOCK_Q, WINP), dtype=ACC)
+    grad_rows_h = tl.zeros((BLOCK_Q, RP), dtype=ACC)
+    for kh0 in range(0, WIN, KH):
+        ky, kx, in_map, key_ok = _window_chunk(bi, bj, kh0, h, w, BLOCK, HALO, WIN, WINP, KH, MASK_PADDING)
+        k = _load_pixels(k_base, sk_c, sk_h, sk_w, ky, kx, in_map, cq, dqk, ACC)
+        v = _load_pixels(v_base, sv_c, sv_h, sv_w, ky, kx, in_map, cv, dv, ACC)
+        s = _logits(q, k, g_w, rh_ptr, qh, kh0, cq, dqk, key_ok, scale, rel_scale, QB, WIN, WINP, KH, PREC)
+        p = tl.exp(s - lse[:, None])  # (BLOCK_Q, KN)
+        grad_v = tl.dot(tl.trans(p), do, input_precision=PREC)  # (KN, DV)
+        pix = ky * w + kx
+        tl.atomic_add(dv_base + cv[None, :] * hw + pix[:, None], grad_v,
+                      mask=in_map[:, None] & (cv[None, :] < dv))
+        ds = p * (tl.dot(do, tl.trans(v), input_precision=PREC) - delta[:, None])
+        dq += tl.dot(ds, k, input_precision=PREC)
+        grad_k = tl.dot(tl.trans(ds), q, input_precision=PREC) * scale  # (KN, DQK)
+        tl.atomic_add(dk_base + cq[None, :] * hw + pix[:, None], grad_k,
+                      mask=in_map[:, None] & (cq[None, :] < dqk))
+        ds3 = tl.reshape(ds, (BLOCK_Q, KH, WINP))
+        grad_rows_h += _shift_to_rows(tl.sum(ds3, 2), qh, kh0, RP, QB, WIN, SHIFT_PREC)
+        grad_gw += tl.sum(ds3, 1)
+    grad_rows_w = _shift_to_rows(grad_gw, qw, 0, RP, QB, WIN, SHIFT_PREC)
+
+    r = tl.arange(0, RP)
+    table_mask = (r[:, None] < 2 * WIN - 1) & (cq[None, :] < dqk)
+    table_offs = r[:, None] * dqk + cq[None, :]
+    rh = tl.load(rh_ptr + table_offs, mask=table_mask, other=0.0).to(ACC)  # (RP, DQK)
+    rw = tl.load(rw_ptr + table_offs, mask=table_mask, other=0.0).to(ACC)
+    dq = dq * scale + (tl.dot(grad_rows_h, rh, input_precision=PREC)
+                       + tl.dot(grad_rows_w, rw, input_precision=PREC)) * rel_scale
+    ptrs = dq_ptr + pid_bh * dqk * hq * wq + cq[None, :] * hq * wq + row[:, None] * wq + col[:, None]
+    tl.store(ptrs, dq.to(dq_ptr.dtype.element_ty), mask=valid[:, None] & (cq[None, :] < dqk))
+
+    program = (pid_bh * nb + tl.program_id(1)) * tl.num_programs(2) + tl.program_id(2)
+    drel = drel_ptr + (program % SPLIT) * RP * dqk + table_offs
+    tl.atomic_add(drel, tl.dot(tl.trans(grad_rows_h), q, input_precision=PREC) * rel_scale, mask=table_mask)
+    tl.atomic_add(drel + SPLIT * RP * dqk, tl.dot(tl.trans(grad_rows_w), q, input_precision=PREC) * rel_scale,
+                  mask=table_mask)
+
+
+# -------------------------------------------------------------------------------------------- launchers
+
+
+def _config(q: Tensor, k: Tensor, v: Tensor, block_size: int, halo_size: int, stride: int,
+            mask_padding: bool) -> tuple[tuple[int, int, int], dict, dict]:
+    """Grid, shared scalar arguments and compile-time constants of both kernels."""
+    bh, dqk, h, w = k.shape
+    win = block_size + 2 * halo_size
+    qb = block_size // stride
+    winp = max(16, triton.next_power_of_2(win))
+    kh = 16  # window rows per chunk: tl.dot wants every dimension >= 16
+    block_q = min(max(16, triton.next_power_of_2(qb * qb)), max(16, 16384 // (kh * winp)))
+    nbh, nbw = math.ceil(h / block_size), math.ceil(w / block_size)
+    grid = (bh, nbh * nbw, triton.cdiv(qb * qb, block_q))
+    high = q.dtype in (torch.float32, torch.float64)
+    scalars = dict(h=h, w=w, hq=q.shape[2], wq=q.shape[3], nbw=nbw, dqk=dqk, dv=v.shape[1])
+    consts = dict(BLOCK=block_size, HALO=halo_size, QB=qb, WIN=win, WINP=winp, KH=kh, BLOCK_Q=block_q,
+                  BLOCK_DQK=max(16, triton.next_power_of_2(dqk)), BLOCK_DV=max(16, triton.next_power_of_2(v.shape[1])),
+                  MASK_PADDING=mask_padding, PREC="ieee" if high else "tf32",
+                  ACC=tl.float64 if q.dtype == torch.float64 else tl.float32)
+    return grid, scalars, consts
+
+
+def _scales(scale: float, scale_pos_embed: bool) -> dict:
+    return dict(scale=scale, rel_scale=scale if scale_pos_embed else 1.0)
+
+
+def halo_attention_forward(q: Tensor, k: Tensor, v: Tensor, height_rel: Tensor, width_rel: Tensor,
+                           block_size: int, halo_size: int, stride: int, scale: float, scale_pos_embed: bool,
+                           mask_padding: bool) -> Tensor:
+    """Halo attention output, (BH, dv, Hq, Wq) in q's dtype; arguments and layouts as :mod:`attnzoo.kernels.halo`."""
+    grid, scalars, consts = _config(q, k, v, block_size, halo_size, stride, mask_padding)
+    out = q.new_empty(q.shape[0], v.shape[1], q.shape[2], q.shape[3])
+    _halo_fwd_kernel[grid](q, k, v, height_rel.contiguous(), width_rel.contiguous(), out, *q.stride(), *k.stride(),
+                           *v.stride(), *out.stride(), **scalars, **_scales(scale, scale_pos_embed), **consts,
+                           num_warps=4)
+    return out
+
+
+def halo_attention_backward(grad_out: Tensor, out: Tensor, q: Tensor, k: Tensor, v: Tensor, height_rel: Tensor,
+                            width_rel: Tensor, block_size: int, halo_size: int, stride: int, scale: float,
+                            scale_pos_embed: bool, mask_padding: bool) -> tuple[Tensor, ...]:
+    """Gradients (q, k, v, height_rel, width_rel), each in its input's dtype and shape."""
+    grid, scalars, consts = _config(q, k, v, block_size, halo_size, stride, mask_padding)
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    rp = max(16, triton.next_power_of_2(height_rel.shape[0]))
+    split = min(_REL_GRAD_SPLIT, math.prod(grid))
+    grad_q = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    grad_k = torch.zeros(k.shape, dtype=acc, device=q.device)
+    grad_v = torch.zeros(v.shape, dtype=acc, device=q.device)
+    grad_rel = torch.zeros(2, split, rp, k.shape[1], dtype=acc, device=q.device)  # (height | width, copy, row, d)
+    _halo_bwd_kernel[grid](q, k, v, height_rel.contiguous(), width_rel.contiguous(), out, grad_out, grad_q, grad_k,
+                           grad_v, grad_rel, *q.stride(), *k.stride(), *v.stride(), *out.stride(), *grad_out.stride(),
+                           nb=grid[1], **scalars, **_scales(scale, scale_pos_embed), **consts, RP=rp, SPLIT=split,
+                           SHIFT_PREC="ieee" if acc == torch.float64 else "tf32x3", num_warps=8)
+    # summed one table at a time: the op's outputs must not be views of one tensor
+    grad_height, grad_width = (g.sum(0)[:height_rel.shape[0]].to(height_rel.dtype) for g in grad_rel)
+    return grad_q, grad_k.to(k.dtype), grad_v.to(v.dtype), grad_height, grad_width
