@@ -18,11 +18,11 @@ attention over that view's multi-level features (camera and level embeddings add
 the views in which at least one anchor of the pillar lands inside the image. The depth distribution comes from a
 small :class:`DepthHead` on the finest level, or is supplied (e.g. :func:`depth_distribution` of a depth map).
 
+As BEVFormer, each view attends only from the pillars it sees (gathered and padded per view, then summed back).
 Deliberate differences from the authors' code: the depth distribution is one tensor shared by all heads (they
-repeat it per head), the op returns no ``depth_score``/``weight_update`` (BEVFormer's optional "use_empty"
-path is not reproduced), every query is evaluated in every view and masked (BEVFormer gathers the visible
-queries per view to save compute: same result), the depth is area-pooled (not nearest-resized) to coarser
-levels, and a point counts as projected when its camera depth is positive and (u, v) is inside the image.
+repeat it per head), the op returns no ``depth_score``/``weight_update`` (BEVFormer's optional "use_empty" path
+is not reproduced), the depth is area-pooled (not nearest-resized) to coarser levels, and a point counts as
+projected when its camera depth is positive and (u, v) is inside the image.
 """
 
 from __future__ import annotations
@@ -423,15 +423,22 @@ class MultiViewLifting(nn.Module):
         ref, visible = self.project_pillars(lidar2img, image_size)  # (B, N, Q, Z, 3), (B, N, Q)
         if self.attention == "2d":
             ref = ref[..., :2]
-        query = self.bev_embed.unsqueeze(0).expand(batch, -1, -1)  # (B, Q, C)
-        pos = self.bev_pos().unsqueeze(0).expand(batch * cams, -1, -1)
-        per_view = query.repeat_interleave(cams, 0)  # (B*N, Q, C), batch-major like flatten(0, 1)
+        # BEVFormer's rebatching: every view attends only from the pillars it sees, padded to the longest list
+        visible = visible.flatten(0, 1)  # (B*N, Q)
+        max_len = max(int(visible.sum(1).max()), 1)
+        order = torch.argsort((~visible).to(torch.int8), dim=1, stable=True)[:, :max_len]  # seen pillars first
+        kept = visible.gather(1, order).unsqueeze(-1)  # (B*N, max_len, 1), False on padding
+        ref = ref.flatten(0, 1).gather(1, order.view(*order.shape, 1, 1).expand(-1, -1, *ref.shape[-2:]))
         key_depth = None if dist is None else flatten_levels(
             [_resize_distribution(dist.flatten(0, 1), tuple(f.shape[-2:])) for f in flat])[0]
-        sampled = self.attn.sample(per_view, keys, ref.flatten(0, 1), shapes, starts, key_depth, pos)
-        sampled = sampled.view(batch, cams, *sampled.shape[1:])  # (B*N, Q, C) -> (B, N, Q, C)
-        mask = visible.unsqueeze(-1).to(sampled.dtype)
-        fused = (sampled * mask).sum(1) / mask.sum(1).clamp(min=1)  # mean over the views that see the pillar
+        sampled = self.attn.sample(self.bev_embed[order], keys, ref, shapes, starts, key_depth, self.bev_pos()[order])
+        num_queries = self.bev_embed.shape[0]
+        target = order + torch.arange(batch, device=order.device).repeat_interleave(cams).unsqueeze(1) * num_queries
+        fused = sampled.new_zeros(batch * num_queries, sampled.shape[-1]).index_add_(
+            0, target.flatten(), (sampled * kept).flatten(0, 1))  # sum over the views that see each pillar
+        count = visible.view(batch, cams, num_queries).sum(1).clamp(min=1).unsqueeze(-1)  # (B, Q, 1)
+        fused = fused.view(batch, num_queries, -1) / count
+        query = self.bev_embed.unsqueeze(0).expand(batch, -1, -1)  # (B, Q, C)
         return self.attn.project(fused, query), dist
 
     def _depth(self, flat: list[Tensor], depth: Tensor | None, batch: int, cams: int) -> Tensor | None:

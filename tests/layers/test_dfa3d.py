@@ -164,6 +164,20 @@ def test_lifting_averages_only_over_views_that_see_the_pillar(attention):
         for f in changed:
             f[:, 1] += 5.0  # only camera 1's features change
         bev_changed, _ = lifting(changed, lidar2img, (32, 48), dist)
+    # reference without BEVFormer's rebatching: every pillar in every view, masked mean over the views that see it
+    with torch.no_grad():
+        flat = [f.flatten(0, 1) + lifting.level_embed[i].view(1, -1, 1, 1) for i, f in enumerate(features)]
+        keys, shapes, starts = flatten_levels(flat)
+        keys = keys + lifting.cams_embed[:4].unsqueeze(1)
+        ref, _ = lifting.project_pillars(lidar2img, (32, 48))
+        halved = torch.nn.functional.avg_pool2d(dist[0], 2)  # level 1 is half the size of level 0
+        key_depth = flatten_levels([dist[0], halved])[0] if attention == "dfa3d" else None
+        per_view = lifting.attn.sample(lifting.bev_embed.expand(4, -1, -1), keys,
+                                       ref[0, ..., : 3 if attention == "dfa3d" else 2], shapes, starts, key_depth,
+                                       lifting.bev_pos().expand(4, -1, -1))
+        mask = visible[0].unsqueeze(-1).float()
+        expected = lifting.attn.project((per_view * mask).sum(0) / mask.sum(0), lifting.bev_embed)
+    torch.testing.assert_close(bev[0], expected, rtol=1e-5, atol=1e-5)
     moved = (bev - bev_changed).abs().amax(-1)[0] > 1e-6
     assert torch.equal(moved, visible[0, 1])  # exactly the pillars camera 1 sees move
     assert bev.shape == (1, 36, 16) and (used is dist if attention == "dfa3d" else used is None)
