@@ -43,6 +43,10 @@ __all__ = [
     "topm_knn_reference",
 ]
 
+# Query rows per chunk of the PyTorch reference: bounds the gathered [rows, m, H, D] candidates (64 MiB at m=16,
+# H·D=64, fp32) so that memory grows with N·(H·D + m), not N·m·H·D.
+ROWS_PER_CHUNK = 16384
+
 
 def _triton_launchers() -> ModuleType:
     try:
@@ -245,20 +249,32 @@ def topm_attention_weights(query: Tensor, key: Tensor, index: Tensor, scale: flo
     return torch.softmax(logits, dim=1) * valid
 
 
+def _row_chunks(num_rows: int) -> list[slice]:
+    return [slice(start, start + ROWS_PER_CHUNK) for start in range(0, num_rows, ROWS_PER_CHUNK)]
+
+
 def topm_attention_reference(query: Tensor, key: Tensor, value: Tensor, index: Tensor, scale: float) -> Tensor:
     """PyTorch reference of :func:`topm_attention`: ``out_n = sum_r softmax_r(q_n·k_{idx[n,r]}·scale) v_{idx[n,r]}``.
+
+    Queries are processed ``ROWS_PER_CHUNK`` at a time, so the gathered candidates never exceed
+    ``ROWS_PER_CHUNK·m`` rows whatever N is.
 
     Shapes:
         query ``[N, H, D]``, key ``[S, H, D]``, value ``[S, H, C]``, index ``[N, m]`` -> out ``[N, H, C]``.
     """
-    weights = topm_attention_weights(query, key, index, scale)  # [N, m, H]
-    v = value[index.clamp(min=0)]  # [N, m, H, C]
-    return torch.einsum("nmh,nmhc->nhc", weights, v)
+    outs = []
+    for rows in _row_chunks(query.size(0)):
+        weights = topm_attention_weights(query[rows], key, index[rows], scale)  # [n, m, H]
+        v = value[index[rows].clamp(min=0)]  # [n, m, H, C]
+        outs.append(torch.einsum("nmh,nmhc->nhc", weights, v))
+    if not outs:
+        return value.new_zeros(0, value.size(1), value.size(2))
+    return torch.cat(outs)
 
 
 def topm_attention_backward_reference(grad_out: Tensor, query: Tensor, key: Tensor, value: Tensor, index: Tensor,
                                       scale: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Gradients of :func:`topm_attention_reference` w.r.t. query, key and value, written out.
+    """Gradients of :func:`topm_attention_reference` w.r.t. query, key and value, written out (chunked alike).
 
     Explicit formulas rather than autograd: a custom op's implementation runs below the autograd dispatch key, so
     it cannot differentiate the reference itself. ``gradcheck`` on the public op checks these formulas.
@@ -267,15 +283,18 @@ def topm_attention_backward_reference(grad_out: Tensor, query: Tensor, key: Tens
         grad_out ``[N, H, C]`` plus the forward inputs -> grad_query ``[N, H, D]``, grad_key ``[S, H, D]``,
         grad_value ``[S, H, C]``.
     """
-    safe = index.clamp(min=0)  # [N, m]; empty slots carry zero weight, so their gradients vanish
-    weights = topm_attention_weights(query, key, index, scale)  # [N, m, H]
-    k, v = key[safe], value[safe]  # [N, m, H, D], [N, m, H, C]
-    grad_w = torch.einsum("nhc,nmhc->nmh", grad_out, v)  # [N, m, H]
-    grad_logits = weights * (grad_w - (weights * grad_w).sum(1, keepdim=True)) * scale  # softmax backward
-    grad_q = torch.einsum("nmh,nmhd->nhd", grad_logits, k)
-    flat = safe.reshape(-1)  # [N*m]
-    grad_k = torch.zeros_like(key).index_add_(0, flat, torch.einsum("nmh,nhd->nmhd", grad_logits, query).flatten(0, 1))
-    grad_v = torch.zeros_like(value).index_add_(0, flat, torch.einsum("nmh,nhc->nmhc", weights, grad_out).flatten(0, 1))
+    grad_q, grad_k, grad_v = torch.zeros_like(query), torch.zeros_like(key), torch.zeros_like(value)
+    for rows in _row_chunks(query.size(0)):
+        q, g_out = query[rows], grad_out[rows]  # [n, H, D], [n, H, C]
+        safe = index[rows].clamp(min=0)  # [n, m]; empty slots carry zero weight, so their gradients vanish
+        weights = topm_attention_weights(q, key, index[rows], scale)  # [n, m, H]
+        k, v = key[safe], value[safe]  # [n, m, H, D], [n, m, H, C]
+        grad_w = torch.einsum("nhc,nmhc->nmh", g_out, v)  # [n, m, H]
+        grad_logits = weights * (grad_w - (weights * grad_w).sum(1, keepdim=True)) * scale  # softmax backward
+        grad_q[rows] = torch.einsum("nmh,nmhd->nhd", grad_logits, k)
+        flat = safe.reshape(-1)  # [n*m]
+        grad_k.index_add_(0, flat, torch.einsum("nmh,nhd->nmhd", grad_logits, q).flatten(0, 1))
+        grad_v.index_add_(0, flat, torch.einsum("nmh,nhc->nmhc", weights, g_out).flatten(0, 1))
     return grad_q, grad_k, grad_v
 
 

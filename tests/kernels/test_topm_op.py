@@ -5,6 +5,7 @@ import importlib.util
 import pytest
 import torch
 
+from attnzoo.kernels import topm
 from attnzoo.kernels.topm import (
     sample_neighbor_mask,
     score_candidates,
@@ -74,6 +75,18 @@ def test_explicit_backward_matches_autograd_of_reference():
     expected = torch.autograd.grad(topm_attention_reference(q, k, v, index, 0.5), (q, k, v), grad_out)
     got = topm_attention_backward_reference(grad_out, q.detach(), k.detach(), v.detach(), index, 0.5)
     for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
+
+
+def test_query_chunking_changes_nothing(monkeypatch):
+    q, k, v = (t.requires_grad_() for t in _qkv())
+    index = score_candidates(torch.randn(9, dtype=torch.float64), 3, BATCH)
+    whole = topm_attention(q, k, v, index, backend="torch")
+    grads = torch.autograd.grad(whole.square().sum(), (q, k, v))
+    monkeypatch.setattr(topm, "ROWS_PER_CHUNK", 2)
+    chunked = topm_attention(q, k, v, index, backend="torch")
+    torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-12)
+    for g, e in zip(torch.autograd.grad(chunked.square().sum(), (q, k, v)), grads, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
 
 
