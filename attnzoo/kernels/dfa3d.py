@@ -37,7 +37,7 @@ with the same arguments less ``depth`` (and less ``grad_depth``).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import ModuleType
 
 import torch
@@ -57,6 +57,10 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------------------------- helpers
+
+# (batch, head, level, point, corner) entries per query chunk of the efficient path: ~10 temporaries of this
+# many elements are alive at once, so this bounds its working memory at a few tens of MB
+_CHUNK_ENTRIES = 1 << 19
 
 
 def _coords_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -177,15 +181,75 @@ def deform_attn_3d_naive(value: Tensor, depth: Tensor, spatial_shapes: Tensor, l
     return _naive_sum(volumes, 2 * sampling_locations - 1, attention_weights, bs, nh)
 
 
+def _dfa3d_gather(value: Tensor, depth: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
+                  sampling_locations: Tensor, attention_weights: Tensor) -> Tensor:
+    key, bilinear = _bilinear_corners(sampling_locations, spatial_shapes, level_start_index)
+    score = _depth_scores(depth, key, sampling_locations[..., 2])
+    return _weighted_gather(value, key, bilinear * score, attention_weights)
+
+
+def _msda_gather(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor, sampling_locations: Tensor,
+                 attention_weights: Tensor) -> Tensor:
+    key, bilinear = _bilinear_corners(sampling_locations, spatial_shapes, level_start_index)
+    return _weighted_gather(value, key, bilinear, attention_weights)
+
+
+@contextlib.contextmanager
+def _autograd_below_custom_op() -> Iterator[None]:
+    """Re-enable the Autograd dispatch key inside a custom op's implementation.
+
+    ``torch.library.custom_op`` runs its implementation with the Autograd key excluded, so
+    ``reference_vjp``'s ``torch.enable_grad()`` alone records no graph there ("element 0 of tensors does not
+    require grad"); the 'torch' backward ops need it back to differentiate the reference.
+    """
+    autograd = torch._C.DispatchKeySet(torch._C.DispatchKey.AutogradFunctionality)
+    exclude = torch._C._dispatch_tls_local_exclude_set() - autograd
+    with torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), exclude):
+        yield
+
+
+def _query_chunks(sampling_locations: Tensor) -> list[slice]:
+    """Query slices holding at most _CHUNK_ENTRIES (batch, head, level, point, corner) entries each."""
+    bs, nq, nh, num_levels, num_points, _ = sampling_locations.shape
+    step = max(1, _CHUNK_ENTRIES // max(1, bs * nh * num_levels * num_points * 4))
+    return [slice(start, min(start + step, nq)) for start in range(0, max(nq, 1), step)]
+
+
+def _chunked(gather: Callable[..., Tensor], *inputs: Tensor) -> Tensor:
+    """``gather`` over query chunks (the last two inputs are per query): bounded temporaries, same result."""
+    *shared, locations, weights = inputs
+    parts = [gather(*shared, locations[:, q], weights[:, q]) for q in _query_chunks(locations)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+
+
+def _chunked_vjp(gather: Callable[..., Tensor], inputs: tuple[Tensor, ...], grad_output: Tensor) -> list[Tensor]:
+    """Autograd gradients of ``gather`` by query chunks: shared-input gradients add up, per-query ones concatenate.
+
+    Returns the gradients of the floating-point inputs, in order.
+    """
+    *shared, locations, weights = inputs
+    total: list[Tensor] = []
+    per_query: list[list[Tensor]] = [[], []]
+    for q in _query_chunks(locations):
+        with _autograd_below_custom_op():
+            grads = reference_vjp(gather, [*shared, locations[:, q], weights[:, q]], grad_output[:, q])
+        shared_grads = [g for g in grads[:-2] if g is not None]
+        total = shared_grads if not total else [t + g for t, g in zip(total, shared_grads, strict=True)]
+        per_query[0].append(grads[-2])
+        per_query[1].append(grads[-1])
+    return [*total, torch.cat(per_query[0], 1), torch.cat(per_query[1], 1)]
+
+
 def deform_attn_3d_efficient(value: Tensor, depth: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
                              sampling_locations: Tensor, attention_weights: Tensor) -> Tensor:
     """DFA3D as depth-weighted MSDA: per-corner depth scores times bilinear weights, one weighted gather.
 
+    Queries run in chunks of bounded size, so the temporaries stay small whatever the number of queries.
+
     Shapes: see the module docstring; returns (bs, num_queries, num_heads * head_dim).
     """
-    key, bilinear = _bilinear_corners(sampling_locations, spatial_shapes, level_start_index)
-    score = _depth_scores(depth, key, sampling_locations[..., 2])
-    return _weighted_gather(value, key, bilinear * score, attention_weights)
+    return _chunked(_dfa3d_gather, value, depth, spatial_shapes, level_start_index, sampling_locations,
+                    attention_weights)
 
 
 def ms_deform_attn_naive(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
@@ -207,8 +271,7 @@ def ms_deform_attn_efficient(value: Tensor, spatial_shapes: Tensor, level_start_
 
     Shapes: as :func:`ms_deform_attn_naive`.
     """
-    key, bilinear = _bilinear_corners(sampling_locations, spatial_shapes, level_start_index)
-    return _weighted_gather(value, key, bilinear, attention_weights)
+    return _chunked(_msda_gather, value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
 
 
 # ----------------------------------------------------------------------------------------- op boundary
@@ -222,20 +285,6 @@ def _triton_launchers(op: str) -> ModuleType:
             raise
         raise NotImplementedError(f"triton kernel for {op} not built yet") from err
     return dfa3d_triton
-
-
-@contextlib.contextmanager
-def _autograd_below_custom_op() -> Iterator[None]:
-    """Re-enable the Autograd dispatch key inside a custom op's implementation.
-
-    ``torch.library.custom_op`` runs its implementation with the Autograd key excluded, so
-    ``reference_vjp``'s ``torch.enable_grad()`` alone records no graph there ("element 0 of tensors does not
-    require grad"); the 'torch' backward ops need it back to differentiate the reference.
-    """
-    autograd = torch._C.DispatchKeySet(torch._C.DispatchKey.AutogradFunctionality)
-    exclude = torch._C._dispatch_tls_local_exclude_set() - autograd
-    with torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), exclude):
-        yield
 
 
 @torch.library.custom_op("attnzoo::deform_attn_3d", mutates_args=())
@@ -261,9 +310,8 @@ def _deform_attn_3d_backward_op(grad_output: Tensor, value: Tensor, depth: Tenso
     inputs = (value, depth, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     if backend == "triton":
         return tuple(_triton_launchers("deform_attn_3d").deform_attn_3d_backward(grad_output, *inputs))
-    with _autograd_below_custom_op():
-        grads = reference_vjp(deform_attn_3d_efficient, inputs, grad_output)
-    return grads[0], grads[1], grads[4], grads[5]
+    grad_value, grad_depth, grad_locations, grad_weights = _chunked_vjp(_dfa3d_gather, inputs, grad_output)
+    return grad_value, grad_depth, grad_locations, grad_weights
 
 
 @_deform_attn_3d_backward_op.register_fake
@@ -309,9 +357,8 @@ def _ms_deform_attn_backward_op(grad_output: Tensor, value: Tensor, spatial_shap
     inputs = (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     if backend == "triton":
         return tuple(_triton_launchers("ms_deform_attn").ms_deform_attn_backward(grad_output, *inputs))
-    with _autograd_below_custom_op():
-        grads = reference_vjp(ms_deform_attn_efficient, inputs, grad_output)
-    return grads[0], grads[3], grads[4]
+    grad_value, grad_locations, grad_weights = _chunked_vjp(_msda_gather, inputs, grad_output)
+    return grad_value, grad_locations, grad_weights
 
 
 @_ms_deform_attn_backward_op.register_fake

@@ -164,3 +164,20 @@ def test_bad_input_for_ms_deform_attn_and_backend():
         ms_deform_attn(value, spatial_shapes, starts, locations[..., :2], weights, backend="cuda")
     with pytest.raises(TypeError, match="value must be a torch.Tensor, got list"):
         ms_deform_attn(value.tolist(), spatial_shapes, starts, locations[..., :2], weights)
+
+
+def test_query_chunking_changes_nothing(monkeypatch):
+    inputs = make_inputs(nq=7, seed=5)
+    leaves = [t.clone().requires_grad_(t.is_floating_point()) for t in inputs]
+    grad_out = torch.randn(2, 7, 6, dtype=torch.float64)
+    out = deform_attn_3d(*leaves)
+    grads = torch.autograd.grad(out, [leaves[i] for i in (0, 1, 4, 5)], grad_out)
+    monkeypatch.setattr("attnzoo.kernels.dfa3d._CHUNK_ENTRIES", 2 * 2 * 2 * 3 * 4 * 3)  # 3 queries per chunk
+    from attnzoo.kernels.dfa3d import _query_chunks
+
+    assert len(_query_chunks(inputs[4])) == 3
+    chunked = deform_attn_3d(*leaves)
+    chunked_grads = torch.autograd.grad(chunked, [leaves[i] for i in (0, 1, 4, 5)], grad_out)
+    assert (chunked - out).abs().max() < 1e-14
+    for a, b in zip(grads, chunked_grads, strict=True):
+        assert (a - b).abs().max() < 1e-12
