@@ -38,10 +38,16 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from attnzoo.kernels import _dispatch
+
 __all__ = ["halo_attention_backward", "halo_attention_forward"]
 
 # Copies of the relative-table gradient that programs add into (program id modulo SPLIT).
 _REL_GRAD_SPLIT = 64
+_NUM_WARPS = {"forward": 4, "backward": 8}
+# Most logits (queries x keys) one program holds: sets BLOCK_Q.
+_TILE = {"forward": 16384, "backward": 16384}
+_NATIVE_16BIT_DOT = True
 
 
 # ---------------------------------------------------------------------------------------------- kernels
@@ -62,10 +68,10 @@ def _block_queries(pid_blk, pid_q, nbw, hq, wq, QB: tl.constexpr, BLOCK_Q: tl.co
 
 
 @triton.jit
-def _load_pixels(base, s_c, s_h, s_w, rows, cols, valid, chans, num_chans, ACC: tl.constexpr):
+def _load_pixels(base, s_c, s_h, s_w, rows, cols, valid, chans, num_chans, DTYPE: tl.constexpr):
     """(pixels, channels) tile of an image-layout map, zero where ``valid`` is False or past ``num_chans``."""
     ptrs = base + chans[None, :] * s_c + rows[:, None] * s_h + cols[:, None] * s_w
-    return tl.load(ptrs, mask=valid[:, None] & (chans[None, :] < num_chans), other=0.0).to(ACC)
+    return tl.load(ptrs, mask=valid[:, None] & (chans[None, :] < num_chans), other=0.0).to(DTYPE)
 
 
 @triton.jit
@@ -88,14 +94,14 @@ def _window_chunk(bi, bj, kh0, h, w, BLOCK: tl.constexpr, HALO: tl.constexpr, WI
 
 @triton.jit
 def _rel_logits(q, table_ptr, local, first, chans, dqk, NUM: tl.constexpr, QB: tl.constexpr,
-                WIN: tl.constexpr, PREC: tl.constexpr):
+                WIN: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
     """``G[i, c] = q_i . table[first + c - local_i + WIN - 1]`` for c < NUM (zero where first + c >= WIN).
 
     ``local`` is each query's block-local row (height table) or column (width table). Queries sharing a ``local``
     value read the same contiguous table slice, so this is QB small products, each kept for its own queries.
     """
     c = first + tl.arange(0, NUM)
-    g = tl.zeros((q.shape[0], NUM), dtype=q.dtype)
+    g = tl.zeros((q.shape[0], NUM), dtype=ACC)
     for r in range(QB):
         rows = c + WIN - 1 - r
         table = tl.load(table_ptr + rows[None, :] * dqk + chans[:, None],
@@ -106,10 +112,10 @@ def _rel_logits(q, table_ptr, local, first, chans, dqk, NUM: tl.constexpr, QB: t
 
 @triton.jit
 def _logits(q, k, g_w, rh_ptr, qh, kh0, chans, dqk, key_ok, scale, rel_scale, QB: tl.constexpr,
-            WIN: tl.constexpr, WINP: tl.constexpr, KH: tl.constexpr, PREC: tl.constexpr):
+            WIN: tl.constexpr, WINP: tl.constexpr, KH: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
     """``scale * q.k + rel_scale * (G_h + G_w)`` for one chunk of keys, -inf where a key takes no part."""
     s = tl.dot(q, tl.trans(k), input_precision=PREC)  # (BLOCK_Q, KH * WINP)
-    g_h = _rel_logits(q, rh_ptr, qh, kh0, chans, dqk, KH, QB, WIN, PREC)  # (BLOCK_Q, KH)
+    g_h = _rel_logits(q, rh_ptr, qh, kh0, chans, dqk, KH, QB, WIN, PREC, ACC)  # (BLOCK_Q, KH)
     rel = tl.reshape(g_h[:, :, None] + g_w[:, None, :], (q.shape[0], KH * WINP))
     s = s * scale + rel * rel_scale
     return tl.where(key_ok[None, :], s, float("-inf"))
@@ -134,26 +140,27 @@ def _halo_fwd_kernel(q_ptr, k_ptr, v_ptr, rh_ptr, rw_ptr, out_ptr,
                      so_b, so_c, so_h, so_w, h, w, hq, wq, nbw, dqk, dv, scale, rel_scale,
                      BLOCK: tl.constexpr, HALO: tl.constexpr, QB: tl.constexpr, WIN: tl.constexpr,
                      WINP: tl.constexpr, KH: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_DQK: tl.constexpr,
-                     BLOCK_DV: tl.constexpr, MASK_PADDING: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
+                     BLOCK_DV: tl.constexpr, MASK_PADDING: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
+                     ACC: tl.constexpr):
     pid_bh = tl.program_id(0).to(tl.int64)
     bi, bj, qh, qw, row, col, valid = _block_queries(tl.program_id(1), tl.program_id(2), nbw, hq, wq, QB, BLOCK_Q)
     cq = tl.arange(0, BLOCK_DQK)
     cv = tl.arange(0, BLOCK_DV)
-    q = _load_pixels(q_ptr + pid_bh * sq_b, sq_c, sq_h, sq_w, row, col, valid, cq, dqk, ACC)  # (BLOCK_Q, DQK)
-    g_w = _rel_logits(q, rw_ptr, qw, 0, cq, dqk, WINP, QB, WIN, PREC)  # (BLOCK_Q, WINP), the same for every chunk
+    q = _load_pixels(q_ptr + pid_bh * sq_b, sq_c, sq_h, sq_w, row, col, valid, cq, dqk, DOT)  # (BLOCK_Q, DQK)
+    g_w = _rel_logits(q, rw_ptr, qw, 0, cq, dqk, WINP, QB, WIN, PREC, ACC)  # (BLOCK_Q, WINP), the same for every chunk
     m = tl.full((BLOCK_Q,), -1.0e30, dtype=ACC)  # finite: a chunk whose keys are all masked must not give NaN
     denom = tl.zeros((BLOCK_Q,), dtype=ACC)
     acc = tl.zeros((BLOCK_Q, BLOCK_DV), dtype=ACC)
     for kh0 in range(0, WIN, KH):
         ky, kx, in_map, key_ok = _window_chunk(bi, bj, kh0, h, w, BLOCK, HALO, WIN, WINP, KH, MASK_PADDING)
-        k = _load_pixels(k_ptr + pid_bh * sk_b, sk_c, sk_h, sk_w, ky, kx, in_map, cq, dqk, ACC)  # (KN, DQK)
-        v = _load_pixels(v_ptr + pid_bh * sv_b, sv_c, sv_h, sv_w, ky, kx, in_map, cv, dv, ACC)  # (KN, DV)
-        s = _logits(q, k, g_w, rh_ptr, qh, kh0, cq, dqk, key_ok, scale, rel_scale, QB, WIN, WINP, KH, PREC)
+        k = _load_pixels(k_ptr + pid_bh * sk_b, sk_c, sk_h, sk_w, ky, kx, in_map, cq, dqk, DOT)  # (KN, DQK)
+        v = _load_pixels(v_ptr + pid_bh * sv_b, sv_c, sv_h, sv_w, ky, kx, in_map, cv, dv, DOT)  # (KN, DV)
+        s = _logits(q, k, g_w, rh_ptr, qh, kh0, cq, dqk, key_ok, scale, rel_scale, QB, WIN, WINP, KH, PREC, ACC)
         m_new = tl.maximum(m, tl.max(s, 1))
         alpha = tl.exp(m - m_new)
         p = tl.exp(s - m_new[:, None])
         denom = denom * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=PREC)
+        acc = acc * alpha[:, None] + tl.dot(p.to(DOT), v, input_precision=PREC)
         m = m_new
     out = acc / denom[:, None]
     ptrs = out_ptr + pid_bh * so_b + cv[None, :] * so_c + row[:, None] * so_h + col[:, None] * so_w
@@ -167,30 +174,33 @@ def _halo_bwd_kernel(q_ptr, k_ptr, v_ptr, rh_ptr, rw_ptr, out_ptr, do_ptr, dq_pt
                      BLOCK: tl.constexpr, HALO: tl.constexpr, QB: tl.constexpr, WIN: tl.constexpr,
                      WINP: tl.constexpr, KH: tl.constexpr, RP: tl.constexpr, BLOCK_Q: tl.constexpr,
                      BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, SPLIT: tl.constexpr,
-                     MASK_PADDING: tl.constexpr, PREC: tl.constexpr, SHIFT_PREC: tl.constexpr, ACC: tl.constexpr):
+                     MASK_PADDING: tl.constexpr, PREC: tl.constexpr, SHIFT_PREC: tl.constexpr,
+                     DOT: tl.constexpr, ACC: tl.constexpr):
     pid_bh = tl.program_id(0).to(tl.int64)
     bi, bj, qh, qw, row, col, valid = _block_queries(tl.program_id(1), tl.program_id(2), nbw, hq, wq, QB, BLOCK_Q)
     cq = tl.arange(0, BLOCK_DQK)
     cv = tl.arange(0, BLOCK_DV)
-    q = _load_pixels(q_ptr + pid_bh * sq_b, sq_c, sq_h, sq_w, row, col, valid, cq, dqk, ACC)
+    q = _load_pixels(q_ptr + pid_bh * sq_b, sq_c, sq_h, sq_w, row, col, valid, cq, dqk, DOT)
     # invalid (padding) queries load dO = O = 0, so their dS rows vanish and they add nothing to dK, dV or the tables
-    do = _load_pixels(do_ptr + pid_bh * sd_b, sd_c, sd_h, sd_w, row, col, valid, cv, dv, ACC)  # (BLOCK_Q, DV)
+    do = _load_pixels(do_ptr + pid_bh * sd_b, sd_c, sd_h, sd_w, row, col, valid, cv, dv, DOT)  # (BLOCK_Q, DV)
     o = _load_pixels(out_ptr + pid_bh * so_b, so_c, so_h, so_w, row, col, valid, cv, dv, ACC)
-    delta = tl.sum(do * o, 1)
-    g_w = _rel_logits(q, rw_ptr, qw, 0, cq, dqk, WINP, QB, WIN, PREC)
+    delta = tl.sum(do.to(ACC) * o, 1)
+    g_w = _rel_logits(q, rw_ptr, qw, 0, cq, dqk, WINP, QB, WIN, PREC, ACC)
     k_base = k_ptr + pid_bh * sk_b
     v_base = v_ptr + pid_bh * sv_b
 
-    m = tl.full((BLOCK_Q,), -1.0e30, dtype=ACC)
-    denom = tl.zeros((BLOCK_Q,), dtype=ACC)
-    for kh0 in range(0, WIN, KH):
-        ky, kx, in_map, key_ok = _window_chunk(bi, bj, kh0, h, w, BLOCK, HALO, WIN, WINP, KH, MASK_PADDING)
-        k = _load_pixels(k_base, sk_c, sk_h, sk_w, ky, kx, in_map, cq, dqk, ACC)
-        s = _logits(q, k, g_w, rh_ptr, qh, kh0, cq, dqk, key_ok, scale, rel_scale, QB, WIN, WINP, KH, PREC)
-        m_new = tl.maximum(m, tl.max(s, 1))
-        denom = denom * tl.exp(m - m_new) + tl.sum(tl.exp(s - m_new[:, None]), 1)
-        m = m_new
-    lse = m + tl.log(denom)
+    lse = tl.zeros((BLOCK_Q,), dtype=ACC)
+    if WIN > KH:  # several chunks: a first pass for the log-sum-exp (one chunk: it comes with the logits below)
+        m = tl.full((BLOCK_Q,), -1.0e30, dtype=ACC)
+        denom = tl.zeros((BLOCK_Q,), dtype=ACC)
+        for kh0 in range(0, WIN, KH):
+            ky, kx, in_map, key_ok = _window_chunk(bi, bj, kh0, h, w, BLOCK, HALO, WIN, WINP, KH, MASK_PADDING)
+            k = _load_pixels(k_base, sk_c, sk_h, sk_w, ky, kx, in_map, cq, dqk, DOT)
+            s = _logits(q, k, g_w, rh_ptr, qh, kh0, cq, dqk, key_ok, scale, rel_scale, QB, WIN, WINP, KH, PREC, ACC)
+            m_new = tl.maximum(m, tl.max(s, 1))
+            denom = denom * tl.exp(m - m_new) + tl.sum(tl.exp(s - m_new[:, None]), 1)
+            m = m_new
+        lse = m + tl.log(denom)
 
     hw = h * w
     dk_base = dk_ptr + pid_bh * dqk * hw
@@ -200,19 +210,22 @@ def _halo_bwd_kernel(q_ptr, k_ptr, v_ptr, rh_ptr, rw_ptr, out_ptr, do_ptr, dq_pt
     grad_rows_h = tl.zeros((BLOCK_Q, RP), dtype=ACC)
     for kh0 in range(0, WIN, KH):
         ky, kx, in_map, key_ok = _window_chunk(bi, bj, kh0, h, w, BLOCK, HALO, WIN, WINP, KH, MASK_PADDING)
-        k = _load_pixels(k_base, sk_c, sk_h, sk_w, ky, kx, in_map, cq, dqk, ACC)
-        v = _load_pixels(v_base, sv_c, sv_h, sv_w, ky, kx, in_map, cv, dv, ACC)
-        s = _logits(q, k, g_w, rh_ptr, qh, kh0, cq, dqk, key_ok, scale, rel_scale, QB, WIN, WINP, KH, PREC)
+        k = _load_pixels(k_base, sk_c, sk_h, sk_w, ky, kx, in_map, cq, dqk, DOT)
+        v = _load_pixels(v_base, sv_c, sv_h, sv_w, ky, kx, in_map, cv, dv, DOT)
+        s = _logits(q, k, g_w, rh_ptr, qh, kh0, cq, dqk, key_ok, scale, rel_scale, QB, WIN, WINP, KH, PREC, ACC)
+        if WIN <= KH:
+            row_max = tl.max(s, 1)
+            lse = row_max + tl.log(tl.sum(tl.exp(s - row_max[:, None]), 1))
         p = tl.exp(s - lse[:, None])  # (BLOCK_Q, KN)
-        grad_v = tl.dot(tl.trans(p), do, input_precision=PREC)  # (KN, DV)
+        grad_v = tl.dot(tl.trans(p).to(DOT), do, input_precision=PREC)  # (KN, DV)
         pix = ky * w + kx
         tl.atomic_add(dv_base + cv[None, :] * hw + pix[:, None], grad_v,
-                      mask=in_map[:, None] & (cv[None, :] < dv))
+                      mask=in_map[:, None] & (cv[None, :] < dv), sem="relaxed")
         ds = p * (tl.dot(do, tl.trans(v), input_precision=PREC) - delta[:, None])
-        dq += tl.dot(ds, k, input_precision=PREC)
-        grad_k = tl.dot(tl.trans(ds), q, input_precision=PREC) * scale  # (KN, DQK)
+        dq += tl.dot(ds.to(DOT), k, input_precision=PREC)
+        grad_k = tl.dot(tl.trans(ds).to(DOT), q, input_precision=PREC) * scale  # (KN, DQK)
         tl.atomic_add(dk_base + cq[None, :] * hw + pix[:, None], grad_k,
-                      mask=in_map[:, None] & (cq[None, :] < dqk))
+                      mask=in_map[:, None] & (cq[None, :] < dqk), sem="relaxed")
         ds3 = tl.reshape(ds, (BLOCK_Q, KH, WINP))
         grad_rows_h += _shift_to_rows(tl.sum(ds3, 2), qh, kh0, RP, QB, WIN, SHIFT_PREC)
         grad_gw += tl.sum(ds3, 1)
@@ -221,40 +234,45 @@ def _halo_bwd_kernel(q_ptr, k_ptr, v_ptr, rh_ptr, rw_ptr, out_ptr, do_ptr, dq_pt
     r = tl.arange(0, RP)
     table_mask = (r[:, None] < 2 * WIN - 1) & (cq[None, :] < dqk)
     table_offs = r[:, None] * dqk + cq[None, :]
-    rh = tl.load(rh_ptr + table_offs, mask=table_mask, other=0.0).to(ACC)  # (RP, DQK)
-    rw = tl.load(rw_ptr + table_offs, mask=table_mask, other=0.0).to(ACC)
-    dq = dq * scale + (tl.dot(grad_rows_h, rh, input_precision=PREC)
-                       + tl.dot(grad_rows_w, rw, input_precision=PREC)) * rel_scale
+    rh = tl.load(rh_ptr + table_offs, mask=table_mask, other=0.0).to(DOT)  # (RP, DQK)
+    rw = tl.load(rw_ptr + table_offs, mask=table_mask, other=0.0).to(DOT)
+    dq = dq * scale + (tl.dot(grad_rows_h.to(DOT), rh, input_precision=PREC)
+                       + tl.dot(grad_rows_w.to(DOT), rw, input_precision=PREC)) * rel_scale
     ptrs = dq_ptr + pid_bh * dqk * hq * wq + cq[None, :] * hq * wq + row[:, None] * wq + col[:, None]
     tl.store(ptrs, dq.to(dq_ptr.dtype.element_ty), mask=valid[:, None] & (cq[None, :] < dqk))
 
     program = (pid_bh * nb + tl.program_id(1)) * tl.num_programs(2) + tl.program_id(2)
     drel = drel_ptr + (program % SPLIT) * RP * dqk + table_offs
-    tl.atomic_add(drel, tl.dot(tl.trans(grad_rows_h), q, input_precision=PREC) * rel_scale, mask=table_mask)
-    tl.atomic_add(drel + SPLIT * RP * dqk, tl.dot(tl.trans(grad_rows_w), q, input_precision=PREC) * rel_scale,
-                  mask=table_mask)
+    grad_h = tl.dot(tl.trans(grad_rows_h).to(DOT), q, input_precision=PREC) * rel_scale  # (RP, DQK)
+    tl.atomic_add(drel, grad_h, mask=table_mask, sem="relaxed")
+    grad_w = tl.dot(tl.trans(grad_rows_w).to(DOT), q, input_precision=PREC) * rel_scale
+    tl.atomic_add(drel + SPLIT * RP * dqk, grad_w, mask=table_mask, sem="relaxed")
 
 
 # -------------------------------------------------------------------------------------------- launchers
 
 
 def _config(q: Tensor, k: Tensor, v: Tensor, block_size: int, halo_size: int, stride: int,
-            mask_padding: bool) -> tuple[tuple[int, int, int], dict, dict]:
+            mask_padding: bool, tile: int) -> tuple[tuple[int, int, int], dict, dict]:
     """Grid, shared scalar arguments and compile-time constants of both kernels."""
     bh, dqk, h, w = k.shape
     win = block_size + 2 * halo_size
     qb = block_size // stride
     winp = max(16, triton.next_power_of_2(win))
     kh = 16  # window rows per chunk: tl.dot wants every dimension >= 16
-    block_q = min(max(16, triton.next_power_of_2(qb * qb)), max(16, 16384 // (kh * winp)))
+    block_q = min(max(16, triton.next_power_of_2(qb * qb)), max(16, tile // (kh * winp)))
     nbh, nbw = math.ceil(h / block_size), math.ceil(w / block_size)
     grid = (bh, nbh * nbw, triton.cdiv(qb * qb, block_q))
     high = q.dtype in (torch.float32, torch.float64)
+    acc = tl.float64 if q.dtype == torch.float64 else tl.float32
+    # 16-bit operands go to the tensor cores as they are (P and dS rounded to them, as flash attention does); the
+    # interpreter mis-multiplies bf16, so there they are upcast and multiplied in TF32, which is exact for them.
+    native = not high and not _dispatch.triton_interpreting() and _NATIVE_16BIT_DOT
+    dot = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}[q.dtype] if native else acc
     scalars = dict(h=h, w=w, hq=q.shape[2], wq=q.shape[3], nbw=nbw, dqk=dqk, dv=v.shape[1])
     consts = dict(BLOCK=block_size, HALO=halo_size, QB=qb, WIN=win, WINP=winp, KH=kh, BLOCK_Q=block_q,
                   BLOCK_DQK=max(16, triton.next_power_of_2(dqk)), BLOCK_DV=max(16, triton.next_power_of_2(v.shape[1])),
-                  MASK_PADDING=mask_padding, PREC="ieee" if high else "tf32",
-                  ACC=tl.float64 if q.dtype == torch.float64 else tl.float32)
+                  MASK_PADDING=mask_padding, PREC="ieee" if high else "tf32", DOT=dot, ACC=acc)
     return grid, scalars, consts
 
 
@@ -266,11 +284,11 @@ def halo_attention_forward(q: Tensor, k: Tensor, v: Tensor, height_rel: Tensor, 
                            block_size: int, halo_size: int, stride: int, scale: float, scale_pos_embed: bool,
                            mask_padding: bool) -> Tensor:
     """Halo attention output, (BH, dv, Hq, Wq) in q's dtype; arguments and layouts as :mod:`attnzoo.kernels.halo`."""
-    grid, scalars, consts = _config(q, k, v, block_size, halo_size, stride, mask_padding)
+    grid, scalars, consts = _config(q, k, v, block_size, halo_size, stride, mask_padding, _TILE["forward"])
     out = q.new_empty(q.shape[0], v.shape[1], q.shape[2], q.shape[3])
     _halo_fwd_kernel[grid](q, k, v, height_rel.contiguous(), width_rel.contiguous(), out, *q.stride(), *k.stride(),
                            *v.stride(), *out.stride(), **scalars, **_scales(scale, scale_pos_embed), **consts,
-                           num_warps=4)
+                           num_warps=_NUM_WARPS["forward"])
     return out
 
 
@@ -278,7 +296,7 @@ def halo_attention_backward(grad_out: Tensor, out: Tensor, q: Tensor, k: Tensor,
                             width_rel: Tensor, block_size: int, halo_size: int, stride: int, scale: float,
                             scale_pos_embed: bool, mask_padding: bool) -> tuple[Tensor, ...]:
     """Gradients (q, k, v, height_rel, width_rel), each in its input's dtype and shape."""
-    grid, scalars, consts = _config(q, k, v, block_size, halo_size, stride, mask_padding)
+    grid, scalars, consts = _config(q, k, v, block_size, halo_size, stride, mask_padding, _TILE["backward"])
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     rp = max(16, triton.next_power_of_2(height_rel.shape[0]))
     split = min(_REL_GRAD_SPLIT, math.prod(grid))
@@ -289,7 +307,7 @@ def halo_attention_backward(grad_out: Tensor, out: Tensor, q: Tensor, k: Tensor,
     _halo_bwd_kernel[grid](q, k, v, height_rel.contiguous(), width_rel.contiguous(), out, grad_out, grad_q, grad_k,
                            grad_v, grad_rel, *q.stride(), *k.stride(), *v.stride(), *out.stride(), *grad_out.stride(),
                            nb=grid[1], **scalars, **_scales(scale, scale_pos_embed), **consts, RP=rp, SPLIT=split,
-                           SHIFT_PREC="ieee" if acc == torch.float64 else "tf32x3", num_warps=8)
+                           SHIFT_PREC="ieee" if acc == torch.float64 else "tf32x3", num_warps=_NUM_WARPS["backward"])
     # summed one table at a time: the op's outputs must not be views of one tensor
     grad_height, grad_width = (g.sum(0)[:height_rel.shape[0]].to(height_rel.dtype) for g in grad_rel)
     return grad_q, grad_k.to(k.dtype), grad_v.to(v.dtype), grad_height, grad_width
