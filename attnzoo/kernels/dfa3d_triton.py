@@ -180,22 +180,22 @@ def _acc_dtypes(dtype: torch.dtype) -> tuple[torch.dtype, tl.dtype]:
     return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
 
 
-def _blocks(num_queries: int, channels: int) -> tuple[int, int]:
-    """BLOCK_Q x BLOCK_C tiles of about 1024 gathered elements: 8 per thread at 4 warps, enough loads in flight."""
+def _blocks(num_queries: int, channels: int) -> tuple[int, int, int]:
+    """BLOCK_Q, BLOCK_C and num_warps: tiles of about 1024 gathered elements, 8 per thread at 4 warps."""
     block_c = triton.next_power_of_2(channels)
     block_q = max(1, min(1024 // block_c, 64, triton.next_power_of_2(num_queries)))
-    return block_q, block_c
+    return block_q, block_c, 4
 
 
 def _launch_config(value: Tensor, sampling_locations: Tensor) -> tuple[tuple[int, int], dict]:
     bs, _, num_heads, channels = value.shape
     num_queries, num_levels, num_points = sampling_locations.shape[1], sampling_locations.shape[3], \
         sampling_locations.shape[4]
-    block_q, block_c = _blocks(num_queries, channels)
+    block_q, block_c, num_warps = _blocks(num_queries, channels)
     grid = (triton.cdiv(num_queries, block_q), bs * num_heads)
     sizes = dict(num_queries=num_queries, num_keys=value.shape[1], num_heads=num_heads, channels=channels,
                  num_levels=num_levels, num_points=num_points, ACC=_acc_dtypes(value.dtype)[1], BLOCK_Q=block_q,
-                 BLOCK_C=block_c)
+                 BLOCK_C=block_c, num_warps=num_warps)
     return grid, sizes
 
 
