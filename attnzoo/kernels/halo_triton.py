@@ -12,21 +12,22 @@ which enter the softmax with logit = position term only (timm), or are excluded 
 The window is laid out on a ``WINP x WINP`` grid (``WINP`` = next power of two >= max(win, 16)) and walked in chunks
 of ``KH`` window rows, key ``j`` of a chunk being window pixel ``(kh0 + j // WINP, j % WINP)``; the forward runs an
 online softmax over the chunks (one chunk for win <= 16, the usual case). The relative-position logits are
-factorised: ``G_h[i, kh] = q_i . height_rel[kh - qh_i + win - 1]`` is, for each query row ``qh``, a small
-``q @ height_rel[rows]^T`` over a contiguous slice of the table, kept for the queries of that row; likewise
-``G_w`` along width. They reach the logits by broadcasting ``G_h[:, :, None] + G_w[:, None, :]`` over the chunk, so
-neither timm's skewed ``(bs^2, win^2)`` position tensors nor any gather from registers is needed.
+factorised: one small product ``A_h = q @ height_rel^T`` (all ``2 * win - 1`` table rows) per program, then a per-query
+shift ``G_h[i, kh] = A_h[i, kh - qh_i + win - 1]`` (``tl.gather`` along the rows); likewise ``G_w``. They reach the
+logits by broadcasting ``G_h[:, :, None] + G_w[:, None, :]`` over the chunk, so timm's skewed ``(bs^2, win^2)``
+position tensors are never formed.
 
-The backward recomputes the probabilities (a first pass over the chunks gives the log-sum-exp, since the op saves
-only the output) and applies flash attention's formulas: ``dV = P^T dO``, ``dS = P * (dO V^T - rowsum(dO * O))``,
-``dQ = scale * dS K + rel``, ``dK = scale * dS^T Q``. Windows of neighbouring blocks overlap, so dK and dV go to the
-maps with ``tl.atomic_add`` into buffers in the accumulation dtype. The position gradients are row and column sums of
-``dS``; shifting them onto table rows (row ``kh - qh + win - 1``) is a product with a 0/1 matrix, done in 3xTF32 so
-it stays exact to fp32 rounding, and each program adds its (rows x dqk) table gradient once into one of ``SPLIT``
-fp32 copies (summed by the launcher) to keep atomics on the tiny tables from contending.
+The backward recomputes the probabilities (a first pass over the chunks gives the log-sum-exp when the window takes
+several chunks, since the op saves only the output) and applies flash attention's formulas: ``dV = P^T dO``,
+``dS = P * (dO V^T - rowsum(dO * O))``, ``dQ = scale * dS K + rel``, ``dK = scale * dS^T Q``. Windows of
+neighbouring blocks overlap, so dK and dV go to the maps with relaxed ``tl.atomic_add`` into buffers in the
+accumulation dtype. The position gradients are row and column sums of ``dS``, shifted back onto table rows (the
+inverse gather); each program adds its (rows x dqk) table gradient once into one of ``SPLIT`` copies (summed by the
+launcher) to keep atomics on the tiny tables from contending.
 
-Accumulation is fp32 (fp64 for fp64 inputs, so gradcheck can run through the kernels). 16-bit inputs are upcast and
-multiplied in TF32, which is exact for fp16/bf16 operands; fp32 inputs use full-precision (``ieee``) products.
+Accumulation is fp32 (fp64 for fp64 inputs, so gradcheck can run through the kernels). On a GPU, 16-bit inputs
+feed the tensor cores directly (P and dS rounded to the input dtype, as flash attention does); under the
+interpreter they are upcast and multiplied in TF32, which is exact for them. fp32 inputs use ``ieee`` products.
 """
 
 from __future__ import annotations
@@ -93,45 +94,52 @@ def _window_chunk(bi, bj, kh0, h, w, BLOCK: tl.constexpr, HALO: tl.constexpr, WI
 
 
 @triton.jit
-def _rel_logits(q, table_ptr, local, first, chans, dqk, NUM: tl.constexpr, QB: tl.constexpr,
-                WIN: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
-    """``G[i, c] = q_i . table[first + c - local_i + WIN - 1]`` for c < NUM (zero where first + c >= WIN).
-
-    ``local`` is each query's block-local row (height table) or column (width table). Queries sharing a ``local``
-    value read the same contiguous table slice, so this is QB small products, each kept for its own queries.
-    """
-    c = first + tl.arange(0, NUM)
-    g = tl.zeros((q.shape[0], NUM), dtype=ACC)
-    for r in range(QB):
-        rows = c + WIN - 1 - r
-        table = tl.load(table_ptr + rows[None, :] * dqk + chans[:, None],
-                        mask=(chans[:, None] < dqk) & (c[None, :] < WIN), other=0.0).to(q.dtype)  # (D, NUM)
-        g = tl.where(local[:, None] == r, tl.dot(q, table, input_precision=PREC), g)
-    return g
+def _table_products(q, table_ptr, chans, dqk, RP: tl.constexpr, WIN: tl.constexpr, PREC: tl.constexpr,
+                    DOT: tl.constexpr):
+    """``q @ table^T``: every query against every row of a relative table, (BLOCK_Q, RP), zero past the table."""
+    rows = tl.arange(0, RP)
+    table = tl.load(table_ptr + rows[None, :] * dqk + chans[:, None],
+                    mask=(chans[:, None] < dqk) & (rows[None, :] < 2 * WIN - 1), other=0.0).to(DOT)  # (D, RP)
+    return tl.dot(q, table, input_precision=PREC)
 
 
 @triton.jit
-def _logits(q, k, g_w, rh_ptr, qh, kh0, chans, dqk, key_ok, scale, rel_scale, QB: tl.constexpr,
-            WIN: tl.constexpr, WINP: tl.constexpr, KH: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
+def _rows_to_window(a, local, first, NUM: tl.constexpr, WIN: tl.constexpr):
+    """``G[i, c] = a[i, first + c - local_i + WIN - 1]`` for window coordinates first + c < WIN, else 0.
+
+    ``local`` is each query's block-local row (height table) or column (width table): a per-row shift of the
+    products, i.e. a gather along the rows of ``a``.
+    """
+    c = first + tl.arange(0, NUM)
+    index = c[None, :] + WIN - 1 - local[:, None]  # (BLOCK_Q, NUM), in [0, 2 * WIN - 1) where c < WIN
+    inside = (c[None, :] < WIN) & (index >= 0)
+    g = tl.gather(a, tl.minimum(tl.maximum(index, 0), a.shape[1] - 1), 1)
+    return tl.where(inside, g, 0.0)
+
+
+@triton.jit
+def _window_to_rows(g, local, first, RP: tl.constexpr, WIN: tl.constexpr):
+    """Adjoint of :func:`_rows_to_window`: ``M[i, first + c - local_i + WIN - 1] = g[i, c]``, M (BLOCK_Q, RP).
+
+    The shift is one-to-one for each query, so the scatter is again a gather: ``M[i, r] = g[i, r - first -
+    WIN + 1 + local_i]`` where that column exists.
+    """
+    r = tl.arange(0, RP)
+    index = r[None, :] - first - WIN + 1 + local[:, None]  # (BLOCK_Q, RP)
+    inside = (index >= 0) & (index < g.shape[1])
+    m = tl.gather(g, tl.minimum(tl.maximum(index, 0), g.shape[1] - 1), 1)
+    return tl.where(inside, m, 0.0)
+
+
+@triton.jit
+def _logits(q, k, a_h, g_w, qh, kh0, key_ok, scale, rel_scale, WIN: tl.constexpr, WINP: tl.constexpr,
+            KH: tl.constexpr, PREC: tl.constexpr):
     """``scale * q.k + rel_scale * (G_h + G_w)`` for one chunk of keys, -inf where a key takes no part."""
     s = tl.dot(q, tl.trans(k), input_precision=PREC)  # (BLOCK_Q, KH * WINP)
-    g_h = _rel_logits(q, rh_ptr, qh, kh0, chans, dqk, KH, QB, WIN, PREC, ACC)  # (BLOCK_Q, KH)
+    g_h = _rows_to_window(a_h, qh, kh0, KH, WIN)  # (BLOCK_Q, KH)
     rel = tl.reshape(g_h[:, :, None] + g_w[:, None, :], (q.shape[0], KH * WINP))
     s = s * scale + rel * rel_scale
     return tl.where(key_ok[None, :], s, float("-inf"))
-
-
-@triton.jit
-def _shift_to_rows(g, local, first, RP: tl.constexpr, QB: tl.constexpr, WIN: tl.constexpr,
-                   SHIFT_PREC: tl.constexpr):
-    """Adjoint of :func:`_rel_logits`' indexing: ``M[i, first + c - local_i + WIN - 1] += g[i, c]``, M (BLOCK_Q, RP)."""
-    c = first + tl.arange(0, g.shape[1])
-    r = tl.arange(0, RP)
-    m = tl.zeros((g.shape[0], RP), dtype=g.dtype)
-    for t in range(QB):
-        onehot = (r[None, :] == c[:, None] + WIN - 1 - t).to(g.dtype)  # (NUM, RP)
-        m = tl.where(local[:, None] == t, tl.dot(g, onehot, input_precision=SHIFT_PREC), m)
-    return m
 
 
 @triton.jit
@@ -139,15 +147,16 @@ def _halo_fwd_kernel(q_ptr, k_ptr, v_ptr, rh_ptr, rw_ptr, out_ptr,
                      sq_b, sq_c, sq_h, sq_w, sk_b, sk_c, sk_h, sk_w, sv_b, sv_c, sv_h, sv_w,
                      so_b, so_c, so_h, so_w, h, w, hq, wq, nbw, dqk, dv, scale, rel_scale,
                      BLOCK: tl.constexpr, HALO: tl.constexpr, QB: tl.constexpr, WIN: tl.constexpr,
-                     WINP: tl.constexpr, KH: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_DQK: tl.constexpr,
-                     BLOCK_DV: tl.constexpr, MASK_PADDING: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
-                     ACC: tl.constexpr):
+                     WINP: tl.constexpr, KH: tl.constexpr, RP: tl.constexpr, BLOCK_Q: tl.constexpr,
+                     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, MASK_PADDING: tl.constexpr,
+                     PREC: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr):
     pid_bh = tl.program_id(0).to(tl.int64)
     bi, bj, qh, qw, row, col, valid = _block_queries(tl.program_id(1), tl.program_id(2), nbw, hq, wq, QB, BLOCK_Q)
     cq = tl.arange(0, BLOCK_DQK)
     cv = tl.arange(0, BLOCK_DV)
     q = _load_pixels(q_ptr + pid_bh * sq_b, sq_c, sq_h, sq_w, row, col, valid, cq, dqk, DOT)  # (BLOCK_Q, DQK)
-    g_w = _rel_logits(q, rw_ptr, qw, 0, cq, dqk, WINP, QB, WIN, PREC, ACC)  # (BLOCK_Q, WINP), the same for every chunk
+    a_h = _table_products(q, rh_ptr, cq, dqk, RP, WIN, PREC, DOT)  # (BLOCK_Q, RP)
+    g_w = _rows_to_window(_table_products(q, rw_ptr, cq, dqk, RP, WIN, PREC, DOT), qw, 0, WINP, WIN)  # every chunk's
     m = tl.full((BLOCK_Q,), -1.0e30, dtype=ACC)  # finite: a chunk whose keys are all masked must not give NaN
     denom = tl.zeros((BLOCK_Q,), dtype=ACC)
     acc = tl.zeros((BLOCK_Q, BLOCK_DV), dtype=ACC)
@@ -155,7 +164,7 @@ def _halo_fwd_kernel(q_ptr, k_ptr, v_ptr, rh_ptr, rw_ptr, out_ptr,
         ky, kx, in_map, key_ok = _window_chunk(bi, bj, kh0, h, w, BLOCK, HALO, WIN, WINP, KH, MASK_PADDING)
         k = _load_pixels(k_ptr + pid_bh * sk_b, sk_c, sk_h, sk_w, ky, kx, in_map, cq, dqk, DOT)  # (KN, DQK)
         v = _load_pixels(v_ptr + pid_bh * sv_b, sv_c, sv_h, sv_w, ky, kx, in_map, cv, dv, DOT)  # (KN, DV)
-        s = _logits(q, k, g_w, rh_ptr, qh, kh0, cq, dqk, key_ok, scale, rel_scale, QB, WIN, WINP, KH, PREC, ACC)
+        s = _logits(q, k, a_h, g_w, qh, kh0, key_ok, scale, rel_scale, WIN, WINP, KH, PREC)
         m_new = tl.maximum(m, tl.max(s, 1))
         alpha = tl.exp(m - m_new)
         p = tl.exp(s - m_new[:, None])
@@ -174,8 +183,7 @@ def _halo_bwd_kernel(q_ptr, k_ptr, v_ptr, rh_ptr, rw_ptr, out_ptr, do_ptr, dq_pt
                      BLOCK: tl.constexpr, HALO: tl.constexpr, QB: tl.constexpr, WIN: tl.constexpr,
                      WINP: tl.constexpr, KH: tl.constexpr, RP: tl.constexpr, BLOCK_Q: tl.constexpr,
                      BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, SPLIT: tl.constexpr,
-                     MASK_PADDING: tl.constexpr, PREC: tl.constexpr, SHIFT_PREC: tl.constexpr,
-                     DOT: tl.constexpr, ACC: tl.constexpr):
+                     MASK_PADDING: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr):
     pid_bh = tl.program_id(0).to(tl.int64)
     bi, bj, qh, qw, row, col, valid = _block_queries(tl.program_id(1), tl.program_id(2), nbw, hq, wq, QB, BLOCK_Q)
     cq = tl.arange(0, BLOCK_DQK)
@@ -185,7 +193,8 @@ def _halo_bwd_kernel(q_ptr, k_ptr, v_ptr, rh_ptr, rw_ptr, out_ptr, do_ptr, dq_pt
     do = _load_pixels(do_ptr + pid_bh * sd_b, sd_c, sd_h, sd_w, row, col, valid, cv, dv, DOT)  # (BLOCK_Q, DV)
     o = _load_pixels(out_ptr + pid_bh * so_b, so_c, so_h, so_w, row, col, valid, cv, dv, ACC)
     delta = tl.sum(do.to(ACC) * o, 1)
-    g_w = _rel_logits(q, rw_ptr, qw, 0, cq, dqk, WINP, QB, WIN, PREC, ACC)
+    a_h = _table_products(q, rh_ptr, cq, dqk, RP, WIN, PREC, DOT)
+    g_w = _rows_to_window(_table_products(q, rw_ptr, cq, dqk, RP, WIN, PREC, DOT), qw, 0, WINP, WIN)
     k_base = k_ptr + pid_bh * sk_b
     v_base = v_ptr + pid_bh * sv_b
 
@@ -196,7 +205,7 @@ def _halo_bwd_kernel(q_ptr, k_ptr, v_ptr, rh_ptr, rw_ptr, out_ptr, do_ptr, dq_pt
         for kh0 in range(0, WIN, KH):
             ky, kx, in_map, key_ok = _window_chunk(bi, bj, kh0, h, w, BLOCK, HALO, WIN, WINP, KH, MASK_PADDING)
             k = _load_pixels(k_base, sk_c, sk_h, sk_w, ky, kx, in_map, cq, dqk, DOT)
-            s = _logits(q, k, g_w, rh_ptr, qh, kh0, cq, dqk, key_ok, scale, rel_scale, QB, WIN, WINP, KH, PREC, ACC)
+            s = _logits(q, k, a_h, g_w, qh, kh0, key_ok, scale, rel_scale, WIN, WINP, KH, PREC)
             m_new = tl.maximum(m, tl.max(s, 1))
             denom = denom * tl.exp(m - m_new) + tl.sum(tl.exp(s - m_new[:, None]), 1)
             m = m_new
@@ -212,7 +221,7 @@ def _halo_bwd_kernel(q_ptr, k_ptr, v_ptr, rh_ptr, rw_ptr, out_ptr, do_ptr, dq_pt
         ky, kx, in_map, key_ok = _window_chunk(bi, bj, kh0, h, w, BLOCK, HALO, WIN, WINP, KH, MASK_PADDING)
         k = _load_pixels(k_base, sk_c, sk_h, sk_w, ky, kx, in_map, cq, dqk, DOT)
         v = _load_pixels(v_base, sv_c, sv_h, sv_w, ky, kx, in_map, cv, dv, DOT)
-        s = _logits(q, k, g_w, rh_ptr, qh, kh0, cq, dqk, key_ok, scale, rel_scale, QB, WIN, WINP, KH, PREC, ACC)
+        s = _logits(q, k, a_h, g_w, qh, kh0, key_ok, scale, rel_scale, WIN, WINP, KH, PREC)
         if WIN <= KH:
             row_max = tl.max(s, 1)
             lse = row_max + tl.log(tl.sum(tl.exp(s - row_max[:, None]), 1))
@@ -227,9 +236,9 @@ def _halo_bwd_kernel(q_ptr, k_ptr, v_ptr, rh_ptr, rw_ptr, out_ptr, do_ptr, dq_pt
         tl.atomic_add(dk_base + cq[None, :] * hw + pix[:, None], grad_k,
                       mask=in_map[:, None] & (cq[None, :] < dqk), sem="relaxed")
         ds3 = tl.reshape(ds, (BLOCK_Q, KH, WINP))
-        grad_rows_h += _shift_to_rows(tl.sum(ds3, 2), qh, kh0, RP, QB, WIN, SHIFT_PREC)
+        grad_rows_h += _window_to_rows(tl.sum(ds3, 2), qh, kh0, RP, WIN)
         grad_gw += tl.sum(ds3, 1)
-    grad_rows_w = _shift_to_rows(grad_gw, qw, 0, RP, QB, WIN, SHIFT_PREC)
+    grad_rows_w = _window_to_rows(grad_gw, qw, 0, RP, WIN)
 
     r = tl.arange(0, RP)
     table_mask = (r[:, None] < 2 * WIN - 1) & (cq[None, :] < dqk)
@@ -271,6 +280,7 @@ def _config(q: Tensor, k: Tensor, v: Tensor, block_size: int, halo_size: int, st
     dot = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}[q.dtype] if native else acc
     scalars = dict(h=h, w=w, hq=q.shape[2], wq=q.shape[3], nbw=nbw, dqk=dqk, dv=v.shape[1])
     consts = dict(BLOCK=block_size, HALO=halo_size, QB=qb, WIN=win, WINP=winp, KH=kh, BLOCK_Q=block_q,
+                  RP=max(16, triton.next_power_of_2(2 * win - 1)),
                   BLOCK_DQK=max(16, triton.next_power_of_2(dqk)), BLOCK_DV=max(16, triton.next_power_of_2(v.shape[1])),
                   MASK_PADDING=mask_padding, PREC="ieee" if high else "tf32", DOT=dot, ACC=acc)
     return grid, scalars, consts
@@ -298,16 +308,16 @@ def halo_attention_backward(grad_out: Tensor, out: Tensor, q: Tensor, k: Tensor,
     """Gradients (q, k, v, height_rel, width_rel), each in its input's dtype and shape."""
     grid, scalars, consts = _config(q, k, v, block_size, halo_size, stride, mask_padding, _TILE["backward"])
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-    rp = max(16, triton.next_power_of_2(height_rel.shape[0]))
     split = min(_REL_GRAD_SPLIT, math.prod(grid))
     grad_q = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     grad_k = torch.zeros(k.shape, dtype=acc, device=q.device)
     grad_v = torch.zeros(v.shape, dtype=acc, device=q.device)
-    grad_rel = torch.zeros(2, split, rp, k.shape[1], dtype=acc, device=q.device)  # (height | width, copy, row, d)
+    # (height | width, copy, table row, channel)
+    grad_rel = torch.zeros(2, split, consts["RP"], k.shape[1], dtype=acc, device=q.device)
     _halo_bwd_kernel[grid](q, k, v, height_rel.contiguous(), width_rel.contiguous(), out, grad_out, grad_q, grad_k,
                            grad_v, grad_rel, *q.stride(), *k.stride(), *v.stride(), *out.stride(), *grad_out.stride(),
-                           nb=grid[1], **scalars, **_scales(scale, scale_pos_embed), **consts, RP=rp, SPLIT=split,
-                           SHIFT_PREC="ieee" if acc == torch.float64 else "tf32x3", num_warps=_NUM_WARPS["backward"])
+                           nb=grid[1], **scalars, **_scales(scale, scale_pos_embed), **consts, SPLIT=split,
+                           num_warps=_NUM_WARPS["backward"])
     # summed one table at a time: the op's outputs must not be views of one tensor
     grad_height, grad_width = (g.sum(0)[:height_rel.shape[0]].to(height_rel.dtype) for g in grad_rel)
     return grad_q, grad_k.to(k.dtype), grad_v.to(v.dtype), grad_height, grad_width
