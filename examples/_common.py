@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn as nn
 from torch.utils.data import Dataset, Subset
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -68,38 +67,6 @@ def split_train_val(dataset: Dataset, val_fraction: float, seed: int) -> tuple[D
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
     n_val = max(1, round(val_fraction * len(order)))
     return Subset(dataset, order[n_val:]), Subset(dataset, order[:n_val])
-
-
-def model_in_chans(model: nn.Module) -> int:
-    """Input channels of a timm-style model: its ``first_conv``'s, else the cfg's input size."""
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    first = cfg.get("first_conv")
-    if isinstance(first, (list, tuple)):
-        first = first[0]
-    if first:
-        try:
-            return int(model.get_submodule(first).in_channels)
-        except AttributeError:
-            pass
-    return int(cfg.get("input_size", (3,))[0])
-
-
-def data_config(model: nn.Module, image_size: int | None = None) -> dict[str, Any]:
-    """image_size, in_chans, mean and std for the model (its pretrained cfg; ``image_size`` overrides)."""
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    in_chans = model_in_chans(model)
-
-    def per_channel(values: Sequence[float]) -> tuple[float, ...]:
-        values = tuple(values)
-        if len(values) == in_chans:
-            return values
-        return (sum(values) / len(values),) * in_chans  # e.g. ImageNet RGB stats for a 1-channel model
-
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-
-    return {"image_size": image_size or int(cfg.get("input_size", (3, 224, 224))[-1]), "in_chans": in_chans,
-            "mean": per_channel(cfg.get("mean", IMAGENET_DEFAULT_MEAN)),
-            "std": per_channel(cfg.get("std", IMAGENET_DEFAULT_STD))}
 
 
 def pil_to_tensor(image_size: int, in_chans: int, mean: Sequence[float] | None = None,

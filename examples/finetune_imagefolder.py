@@ -22,12 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     add_common_args,
     apply_smoke,
-    data_config,
     image_folder_splits,
     json_kwargs,
     pil_to_tensor,
     seeded_subset,
 )
+
+from attnzoo.evaluation import data_config  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,11 +22,12 @@ import torch.nn as nn  # noqa: E402
 from _common import (  # noqa: E402
     add_common_args,
     apply_smoke,
-    data_config,
     image_folder_splits,
     pil_to_tensor,
     seeded_subset,
 )
+
+from attnzoo.evaluation import data_config  # noqa: E402
 
 
 def slot_channels(block: nn.Module) -> int | None:

@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fake_fmnist import write_fake_fmnist
 from PIL import Image
 from safetensors.torch import load_file
 
 import attnzoo
 from attnzoo import hub
-from attnzoo.data.fashion_mnist import write_idx
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 NIN = json.dumps({"img_size": 16, "embed_dim": 16, "d_ffn": 32, "depth": 1})
@@ -34,17 +34,7 @@ def load_example(name: str):
 
 @pytest.fixture(scope="module")
 def fmnist_root(tmp_path_factory) -> Path:
-    """Fake Fashion-MNIST idx files: class k is a bright square at position k (learnable, 28x28)."""
-    root = tmp_path_factory.mktemp("fmnist")
-    g = torch.Generator().manual_seed(0)
-    for prefix, n in (("train", 80), ("t10k", 24)):
-        labels = torch.arange(n) % 10
-        images = torch.randint(0, 30, (n, 28, 28), generator=g, dtype=torch.uint8)
-        for i, k in enumerate(labels.tolist()):
-            images[i, 2 + 2 * k:10 + 2 * k, 4:24] = 220
-        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
-        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels.to(torch.uint8))
-    return root
+    return write_fake_fmnist(tmp_path_factory.mktemp("fmnist"))
 
 
 @pytest.fixture(scope="module")
