@@ -4,6 +4,11 @@ Classifiers learn the 10 classes; segmentation models learn the foreground silho
 (``attnzoo.data.fashion_mnist_segmentation``). The test split is the validation set, so the metrics saved with
 the checkpoint are the ones ``attnzoo eval NAME`` recomputes.
 
+``--save-dtype float16`` stores the weights in half precision (to fit the 4 MiB embedded hub); the model is then
+re-evaluated with the rounded weights, and those are the metrics saved. ``--model timm:NAME`` trains a plain timm
+model under the same recipe (the attention-free / SE / timm-ELA baselines of the comparison table); it is saved
+as ``model.safetensors`` + ``metrics.json`` only, since the attnzoo hub publishes registered models.
+
     python examples/train_fmnist.py --model ela_resnet18 --model-kwargs '{"channels": [16, 32, 64, 128]}' \\
         --epochs 2 --out /tmp/az_ckpt/ela_resnet18
     attnzoo publish ela_resnet18.fmnist --from /tmp/az_ckpt/ela_resnet18 --to weights/
@@ -24,30 +29,55 @@ from _common import add_common_args, apply_smoke, json_kwargs, seeded_subset  # 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="a registered classification or segmentation model")
+    parser.add_argument("--model", required=True, help="a registered classification/segmentation model or timm:NAME")
     parser.add_argument("--model-kwargs", default=None, help="JSON object of extra create_model arguments")
     parser.add_argument("--in-chans", type=int, default=1, help="channels fed to the model (the image repeated)")
     parser.add_argument("--data-root", type=Path, default=None, help="folder with the Fashion-MNIST idx files")
+    parser.add_argument("--save-dtype", choices=("float32", "float16"), default="float32",
+                        help="dtype of the stored weights (metrics are measured with the stored weights)")
     add_common_args(parser, epochs=2, lr=2e-3, batch_size=128)
     return apply_smoke(parser.parse_args(argv))
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Train, validate on the test split, save with ``attnzoo.save_pretrained``; returns the saved metrics."""
-    args = parse_args(argv)
+def build(name: str, num_classes: int, in_chans: int, kwargs: dict[str, Any]) -> tuple[Any, str]:
+    """(model, task) for an attnzoo name or ``timm:NAME``."""
     import attnzoo
-    from attnzoo.data.fashion_mnist import fashion_mnist, fashion_mnist_segmentation, fmnist_cfg, fmnist_transform
-    from attnzoo.training import seed_everything, train_classifier, train_segmenter
     from attnzoo.zoo._registry import model_task
 
-    task = model_task(args.model)
+    if name.startswith("timm:"):
+        import timm
+
+        return timm.create_model(name.removeprefix("timm:"), num_classes=num_classes, in_chans=in_chans,
+                                 **kwargs), "classification"
+    task = model_task(name)
     if task not in ("classification", "segmentation"):
-        raise ValueError(f"--model {args.model!r} is a {task} model; this script trains image models")
+        raise ValueError(f"--model {name!r} is a {task} model; this script trains image models")
+    return attnzoo.create_model(name, num_classes=num_classes, in_chans=in_chans, **kwargs), task
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Train, validate on the test split, save; returns the saved metrics, the model and the run's numbers."""
+    args = parse_args(argv)
+    import json
+
+    from safetensors.torch import save_file
+
+    import attnzoo
+    from attnzoo.data.fashion_mnist import fashion_mnist, fashion_mnist_segmentation, fmnist_cfg, fmnist_transform
+    from attnzoo.training import (
+        evaluate_classifier,
+        evaluate_segmenter,
+        seed_everything,
+        train_classifier,
+        train_segmenter,
+    )
+    from attnzoo.zoo._registry import model_task
+
     image_size = args.image_size or 28
-    num_classes = 10 if task == "classification" else 1
+    is_timm = args.model.startswith("timm:")
+    num_classes = 10 if is_timm or model_task(args.model) == "classification" else 1
     seed_everything(args.seed)
-    model = attnzoo.create_model(args.model, num_classes=num_classes, in_chans=args.in_chans,
-                                 **json_kwargs(args.model_kwargs))
+    model, task = build(args.model, num_classes, args.in_chans, json_kwargs(args.model_kwargs))
     model.pretrained_cfg = {**(getattr(model, "pretrained_cfg", None) or {}),
                             **fmnist_cfg(image_size, args.in_chans, num_classes)}
     model.default_cfg = model.pretrained_cfg  # timm's older alias
@@ -59,14 +89,28 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result = train(model, train_ds, val_ds, epochs=args.epochs, lr=args.lr, seed=args.seed,
                    batch_size=args.batch_size, device=args.device, out_dir=args.out, max_steps=args.max_steps,
                    progress=args.progress)
+    final = result.metrics
+    model.cpu()
+    if args.save_dtype == "float16":
+        model.half().float()  # round the weights as stored, then measure what will be published
+        evaluate = evaluate_classifier if task == "classification" else evaluate_segmenter
+        final = evaluate(model, val_ds, device="cpu")
+        model.half()
     keys = ("top1",) if task == "classification" else ("dice", "iou")
-    metrics = {k: round(result.metrics[k], 2) for k in keys}
-    attnzoo.save_pretrained(model.cpu(), args.out, metrics=metrics, dataset="fashion-mnist")
+    metrics = {k: round(final[k], 2) for k in keys}
+    if is_timm:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, args.out / "model.safetensors")
+        (args.out / "metrics.json").write_text(json.dumps({"model": args.model, "model_kwargs": json_kwargs(
+            args.model_kwargs), "metrics": metrics, "dataset": "fashion-mnist"}, indent=2))
+    else:
+        attnzoo.save_pretrained(model, args.out, metrics=metrics, dataset="fashion-mnist")
+    model.float()
     params = sum(p.numel() for p in model.parameters())
-    size_mb = (args.out / "model.safetensors").stat().st_size / 2**20
-    print(f"{args.model}: {params:,} params, {size_mb:.2f} MiB, {result.steps} steps in {result.seconds:.0f} s, "
+    size = (args.out / "model.safetensors").stat().st_size
+    print(f"{args.model}: {params:,} params, {size / 2**20:.2f} MiB, {result.steps} steps in {result.seconds:.0f} s, "
           f"test {', '.join(f'{k} {v:.2f}' for k, v in metrics.items())} -> {args.out}")
-    return metrics
+    return {"metrics": metrics, "model": model, "task": task, "params": params, "size_bytes": size,
+            "train_seconds": result.seconds, "steps": result.steps, "image_size": image_size}
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def published(fmnist_root, tmp_path_factory) -> tuple[str, Path, dict]:
     out = tmp_path_factory.mktemp("ckpt")
     metrics = load_example("train_fmnist").main(
         ["--model", "ninformer_cifar", "--model-kwargs", NIN, "--image-size", "16", "--data-root", str(fmnist_root),
-         "--out", str(out), "--smoke"])
+         "--out", str(out), "--smoke"])["metrics"]
     hub_dir = tmp_path_factory.mktemp("hub")
     hub.publish("ninformer_cifar.smoke", out, hub_dir)
     return "ninformer_cifar.smoke", hub_dir, metrics
@@ -75,12 +75,32 @@ def test_train_fmnist_saves_a_reloadable_checkpoint(published, fmnist_root):
 
 def test_train_fmnist_segmentation(fmnist_root, tmp_path):
     metrics = load_example("train_fmnist").main(
-        ["--model", "mkunet_t", "--in-chans", "3", "--data-root", str(fmnist_root), "--out", str(tmp_path), "--smoke"])
+        ["--model", "mkunet_t", "--in-chans", "3", "--data-root", str(fmnist_root), "--out", str(tmp_path), "--smoke",
+         "--save-dtype", "float16"])["metrics"]
     assert set(metrics) == {"dice", "iou"} and 0 <= metrics["iou"] <= metrics["dice"] <= 100
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["task"] == "segmentation" and config["metrics"] == metrics
     assert (tmp_path / "metrics.csv").read_text().count("\n") == 3  # header, one train row, one val row
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    # stored in half precision; the metrics are those of the rounded weights, reproduced after loading
+    stored = load_file(tmp_path / "model.safetensors")
+    assert all(v.dtype == torch.float16 for k, v in stored.items() if v.is_floating_point())
+    from attnzoo.data.fashion_mnist import fashion_mnist_segmentation, fmnist_transform
+    from attnzoo.training import evaluate_segmenter
+
+    test = fashion_mnist_segmentation("test", fmnist_root, fmnist_transform(28, 3))
+    subset = torch.utils.data.Subset(test, torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:16])
+    again = evaluate_segmenter(attnzoo.from_pretrained(tmp_path), subset)
+    assert round(again["dice"], 2) == metrics["dice"] and round(again["iou"], 2) == metrics["iou"]
+
+
+def test_train_fmnist_timm_baseline(fmnist_root, tmp_path):
+    run = load_example("train_fmnist").main(
+        ["--model", "timm:resnet10t", "--model-kwargs", json.dumps({"block_args": {"attn_layer": "se"}}),
+         "--data-root", str(fmnist_root), "--out", str(tmp_path), "--smoke"])
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["metrics"] == run["metrics"] and saved["model_kwargs"] == {"block_args": {"attn_layer": "se"}}
+    assert "layer1.0.se.fc1.weight" in load_file(tmp_path / "model.safetensors")
 
 
 def test_finetune_imagefolder_from_published_checkpoint(published, image_folder, tmp_path, monkeypatch):
