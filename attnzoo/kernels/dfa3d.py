@@ -21,9 +21,10 @@ materialises the depth-expanded volume ``F(u, v, d) = P(u, v, d) X(u, v)`` and s
 as the authors' two CUDA kernels do: trilinear sampling factorises over the four bilinear (u, v) corners into a
 per-corner depth score ``S_c`` (linear interpolation of P along depth) times the bilinear weight, so DFA3D is an
 MSDA gather whose corner weights are multiplied by ``S_c``; the volume is never built. Here the gather is one
-``embedding_bag`` over all levels, points and corners. Deliberate differences from the authors' op: gradients
-reach every input, the (x, y) gradient of the bilinear gather included (their standalone one-stage wrapper drops
-it), and there is no ``im2col_step``.
+``embedding_bag`` over all levels, points and corners, run over bounded chunks of queries (forward and the
+chunked autograd VJP of the 'torch' backward), so its working memory does not grow with the number of queries.
+Deliberate differences from the authors' op: gradients reach every input, the (x, y) gradient of the bilinear
+gather included (their standalone one-stage wrapper drops it), and there is no ``im2col_step``.
 
 The op boundary: ``attnzoo::deform_attn_3d`` and ``attnzoo::ms_deform_attn`` are ``torch.library`` custom ops with
 fake kernels and autograd through companion ``*_backward`` ops. The 'torch' backend runs the efficient reference
