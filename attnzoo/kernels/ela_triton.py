@@ -18,19 +18,23 @@ backward (``x`` read twice, ``grad_out`` twice, ``grad_x`` written once; the op 
 strip means and gates are recomputed by steps 1-2 first)
     4. ``_strip_reduce_kernel`` again, on ``grad_out * x``: ``sum_W(g x a_w)`` and ``sum_H(g x a_h)``, the
        gradients of the two gates, in one pass over (grad_out, x).
-    5. ``_gates_backward_kernel``: sigmoid and GroupNorm backward per (b, norm group, strip); the parameter
-       gradients are summed over batch and strips with ``tl.atomic_add`` into fp32 buffers.
-    6. ``_strip_input_grad_kernel``: the Conv1d input gradient (a gather over the output channels of each conv
+    5. ``_gates_backward_kernel``: sigmoid and GroupNorm backward per (b, norm group, strip) into dL/dconv; the
+       GroupNorm parameter gradients are summed over batch and strips with ``tl.atomic_add`` into fp32 buffers.
+    6. ``_conv_weight_grad_kernel``: the Conv1d weight gradient; one program per (channel block, input channel,
+       tap) accumulates over a run of batches and both strips elementwise, then reduces and adds once.
+    7. ``_strip_input_grad_kernel``: the Conv1d input gradient (a gather over the output channels of each conv
        group, no atomics), scaled by the mean's ``1 / W`` or ``1 / H``.
-    7. ``_gate_apply_kernel`` with the strip shifts: ``grad_x = g a_h a_w + dz_h / W + dz_w / H`` (reads only
+    8. ``_gate_apply_kernel`` with the strip shifts: ``grad_x = g a_h a_w + dz_h / W + dz_w / H`` (reads only
        ``grad_out``).
 
 Strip buffers hold both strips of a plane side by side, shape (B, C, H + W): the H strip (row means, length H)
-first, then the W strip (column means, length W), so steps 2, 5 and 6 serve both strips from one launch.
+first, then the W strip (column means, length W), so the strip kernels serve both strips from one launch.
 
 Plane tiles are (BLOCK_P planes, BLOCK_H rows, BLOCK_W columns) with BLOCK_W >= W: column sums stay in registers
 while the program walks the rows of its planes, so no partial sums go through memory. Small planes are batched
-(BLOCK_P > 1) so every program still moves a few thousand elements.
+(BLOCK_P > 1) so every program still moves a few thousand elements. H and W are compile-time constants of the
+plane kernels (one compilation per feature-map size, a handful per network), so the compiler can prove the row
+alignment and use vector loads (up to 8 x bf16 for W = 56) rather than one element per lane.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ __all__ = ["ela_gate_backward", "ela_gate_forward"]
 # elements per plane tile / per strip tile: 4 warps x 32 lanes x 8-32 elements, enough loads in flight per SM
 _PLANE_TILE = 4096
 _STRIP_TILE = 2048
+# enough programs for the weight-gradient reduction to fill an H100 (132 SMs) a few times over
+_WEIGHT_GRAD_PROGRAMS = 1024
 
 
 # ---------------------------------------------------------------------------------------------- kernels
@@ -59,8 +65,9 @@ def _plane_offsets(p, r, c, planes, H, W):
 
 
 @triton.jit
-def _strip_reduce_kernel(x_ptr, g_ptr, gate_ptr, out_ptr, planes, H, W, IS_GRAD: tl.constexpr,
-                         ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+def _strip_reduce_kernel(x_ptr, g_ptr, gate_ptr, out_ptr, planes, H: tl.constexpr, W: tl.constexpr,
+                         IS_GRAD: tl.constexpr, ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr,
+                         BLOCK_W: tl.constexpr):
     """Both strips of each plane: means of x (IS_GRAD False) or sums of g*x*a_w over W and g*x*a_h over H."""
     p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     c = tl.arange(0, BLOCK_W)
@@ -90,8 +97,9 @@ def _strip_reduce_kernel(x_ptr, g_ptr, gate_ptr, out_ptr, planes, H, W, IS_GRAD:
 
 
 @triton.jit
-def _gate_apply_kernel(x_ptr, gate_ptr, shift_ptr, out_ptr, planes, H, W, HAS_SHIFT: tl.constexpr,
-                       ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+def _gate_apply_kernel(x_ptr, gate_ptr, shift_ptr, out_ptr, planes, H: tl.constexpr, W: tl.constexpr,
+                       HAS_SHIFT: tl.constexpr, ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr,
+                       BLOCK_W: tl.constexpr):
     """out = x * a_h * a_w (+ s_h + s_w when HAS_SHIFT), strips broadcast over their plane."""
     p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     c = tl.arange(0, BLOCK_W)
@@ -202,10 +210,10 @@ def _normed_grad(grad_gate_ptr, gate_ptr, conv_ptr, gamma_ptr, offsets, mask, o,
 
 
 @triton.jit
-def _gates_backward_kernel(grad_gate_ptr, gate_ptr, conv_ptr, stats_ptr, z_ptr, gamma_ptr, grad_conv_ptr,
-                           grad_w_ptr, grad_gamma_ptr, grad_beta_ptr, channels, H, W, cin, norm_groups,
-                           K: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
-    """Per (b, norm group, strip): dL/dconv from dL/dgate, plus this strip's share of the parameter gradients."""
+def _gates_backward_kernel(grad_gate_ptr, gate_ptr, conv_ptr, stats_ptr, gamma_ptr, grad_conv_ptr, grad_gamma_ptr,
+                           grad_beta_ptr, channels, H, W, norm_groups, ACC: tl.constexpr, BLOCK_C: tl.constexpr,
+                           BLOCK_L: tl.constexpr):
+    """Per (b, norm group, strip): dL/dconv from dL/dgate, plus this strip's share of the GroupNorm gradients."""
     b, group, s, length, start, lane = _strip_geometry(H, W, norm_groups, BLOCK_L)
     strips = H + W
     per_group = channels // norm_groups
@@ -233,15 +241,37 @@ def _gates_backward_kernel(grad_gate_ptr, gate_ptr, conv_ptr, stats_ptr, z_ptr, 
                                           mean, rstd, ACC)
         grad_conv = tl.where(mask, rstd * (grad_xhat - mean_dxhat - xhat * mean_dxhat_xhat), 0.0)
         tl.store(grad_conv_ptr + offsets, grad_conv, mask=mask)
-        # dL/dweight[o, j, t] = sum over lanes of grad_conv[o, lane] * z[first(o) + j, lane + t - K // 2]
-        first = (o // cin) * cin
-        for j in range(cin):
-            z_row = (b * channels + first + j).to(tl.int64) * strips + start
-            for t in tl.static_range(K):
-                pos = lane + t - K // 2
-                z = tl.load(z_ptr + z_row[:, None] + pos[None, :],
-                            mask=o_mask[:, None] & ((pos >= 0) & (pos < length))[None, :], other=0.0)
-                tl.atomic_add(grad_w_ptr + (o * cin + j) * K + t, tl.sum(grad_conv * z, axis=1), mask=o_mask)
+
+
+@triton.jit
+def _conv_weight_grad_kernel(grad_conv_ptr, z_ptr, grad_w_ptr, batch, channels, H, W, cin, batches_per_program,
+                             K: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+    """dL/dweight[o, j, t]: sum over batches, strips and lanes of grad_conv[o, lane] * z[first(o) + j, lane + t - K//2].
+
+    One program owns a (channel block, j, t) slice for a run of batches and accumulates elementwise, reducing and
+    adding atomically once at the end (axis 2 of the grid splits the batch only to fill the GPU).
+    """
+    o = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    o_mask = o < channels
+    j = tl.program_id(1) // K
+    t = tl.program_id(1) % K
+    first = (o // cin) * cin
+    lane = tl.arange(0, BLOCK_L)
+    strips = H + W
+    acc = tl.zeros([BLOCK_C, BLOCK_L], dtype=ACC)
+    for i in range(batches_per_program):
+        b = tl.program_id(2) * batches_per_program + i
+        for s in tl.static_range(2):
+            length = H + s * (W - H)
+            start = s * H
+            valid = o_mask & (b < batch)
+            grad_conv = tl.load(grad_conv_ptr + ((b * channels + o).to(tl.int64) * strips + start)[:, None]
+                                + lane[None, :], mask=valid[:, None] & (lane < length)[None, :], other=0.0)
+            pos = lane + t - K // 2
+            z = tl.load(z_ptr + ((b * channels + first + j).to(tl.int64) * strips + start)[:, None] + pos[None, :],
+                        mask=valid[:, None] & ((pos >= 0) & (pos < length))[None, :], other=0.0)
+            acc += grad_conv * z
+    tl.atomic_add(grad_w_ptr + (o * cin + j) * K + t, tl.sum(acc, axis=1), mask=o_mask)
 
 
 @triton.jit
@@ -346,24 +376,28 @@ def ela_gate_backward(grad_out: Tensor, x: Tensor, weight: Tensor, norm_weight: 
     weight, norm_weight, norm_bias = weight.contiguous(), norm_weight.contiguous(), norm_bias.contiguous()
     b, c, h, w = xc.shape
     gates = _Gates(xc, weight, norm_weight, norm_bias, groups, norm_groups, eps)
-    grid, meta = _plane_launch(xc)
+    grid, plane_meta = _plane_launch(xc)
     grad_gates = torch.empty_like(gates.z)
-    _strip_reduce_kernel[grid](xc, grad_out, gates.gates, grad_gates, IS_GRAD=True, **meta)
+    _strip_reduce_kernel[grid](xc, grad_out, gates.gates, grad_gates, IS_GRAD=True, **plane_meta)
     # summed over batch and strips with atomics; separate buffers since the op's outputs may not alias
     grad_weight = torch.zeros(weight.shape, dtype=gates.z.dtype, device=x.device)
     grad_gamma = torch.zeros(c, dtype=gates.z.dtype, device=x.device)
     grad_beta = torch.zeros_like(grad_gamma)
     grad_conv = torch.empty_like(gates.z)
+    meta = gates.strip_meta
     block_c, _ = _strip_blocks(xc, c // norm_groups)
-    _gates_backward_kernel[(b * norm_groups, 2)](grad_gates, gates.gates, gates.conv, gates.stats, gates.z,
-                                                 norm_weight, grad_conv, grad_weight, grad_gamma, grad_beta,
-                                                 norm_groups=norm_groups, BLOCK_C=block_c, **gates.strip_meta)
-    grad_z = grad_gates  # dL/dgate is fully consumed above: reuse its buffer for the strip term of dL/dx
+    _gates_backward_kernel[(b * norm_groups, 2)](grad_gates, gates.gates, gates.conv, gates.stats, norm_weight,
+                                                 grad_conv, grad_gamma, grad_beta, c, h, w, norm_groups,
+                                                 ACC=meta["ACC"], BLOCK_C=block_c, BLOCK_L=meta["BLOCK_L"])
     block_c, _ = _strip_blocks(xc, c)
     blocks = triton.cdiv(c, block_c)
-    _strip_input_grad_kernel[(b * blocks, 2)](grad_conv, weight, grad_z, blocks=blocks, BLOCK_C=block_c,
-                                              **gates.strip_meta)
+    taps = weight.shape[1] * weight.shape[2]
+    per_program = triton.cdiv(b, min(b, triton.cdiv(_WEIGHT_GRAD_PROGRAMS, blocks * taps)))
+    _conv_weight_grad_kernel[(blocks, taps, triton.cdiv(b, per_program))](
+        grad_conv, gates.z, grad_weight, batch=b, batches_per_program=per_program, BLOCK_C=block_c, **meta)
+    grad_z = grad_gates  # dL/dgate is fully consumed above: reuse its buffer for the strip term of dL/dx
+    _strip_input_grad_kernel[(b * blocks, 2)](grad_conv, weight, grad_z, blocks=blocks, BLOCK_C=block_c, **meta)
     grad_x = torch.empty_like(xc)
-    _gate_apply_kernel[grid](grad_out, gates.gates, grad_z, grad_x, HAS_SHIFT=True, **meta)
+    _gate_apply_kernel[grid](grad_out, gates.gates, grad_z, grad_x, HAS_SHIFT=True, **plane_meta)
     return (_like(x, grad_x), grad_weight.to(weight.dtype), grad_gamma.to(norm_weight.dtype),
             grad_beta.to(norm_bias.dtype))
