@@ -72,6 +72,8 @@ def outputs_and_grads(fn: Callable, tensors: list[torch.Tensor], grad_out: torch
 
 def check_correctness(device: str, backend: str, low: torch.dtype, shape: tuple[int, int, int]) -> list[dict]:
     """fp32 parity with the 'torch' backend, then the flash-attention rule in ``low`` precision."""
+    # cuDNN runs fp32 convolutions in TF32 by default, which would make the fp32 reference the less exact side
+    torch.backends.cudnn.allow_tf32 = False
     tensors, grad_out, groups, norm_groups = make_inputs(*shape, torch.float32, device, seed=1)
 
     def op(name: str) -> Callable:
@@ -101,25 +103,42 @@ def _bench(fn: Callable[[], object], device: str) -> float:
     return time_ms(fn, device, warmup=1, repeat=1)  # CPU runs are smoke tests (the interpreter is slow)
 
 
+def _bench_graph(fn: Callable[[], object]) -> float:
+    """CUDA-graph replay time: device time without the host's launch overhead (NaN if capture fails)."""
+    import triton
+
+    try:
+        return triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="median")
+    except RuntimeError as err:
+        print(f"CUDA graph capture failed: {err}", flush=True)
+        return float("nan")
+
+
 def _time_fwd_and_fwd_bwd(fn: Callable, leaves: list[torch.Tensor], grad_out: torch.Tensor,
-                          device: str) -> tuple[float, float]:
+                          device: str) -> tuple[float, ...]:
+    """(fwd ms, fwd+bwd ms) and on CUDA also the fwd+bwd CUDA-graph replay ms."""
     with torch.no_grad():
         fwd = _bench(lambda: fn(*leaves), device)
-    return fwd, _bench(lambda: torch.autograd.grad(fn(*leaves), leaves, grad_out), device)
+
+    def fwd_bwd() -> None:
+        torch.autograd.grad(fn(*leaves), leaves, grad_out)
+
+    return (fwd, _bench(fwd_bwd, device)) + ((_bench_graph(fwd_bwd),) if device == "cuda" else ())
 
 
-def _ops(backend: str, groups: int, norm_groups: int, compiled: Callable, compile_backend: str) -> dict[str, Callable]:
-    return {
-        "eager (torch)": lambda *t: ela_gate(*t, groups, norm_groups, backend="torch"),
-        f"torch.compile ({compile_backend})": lambda *t: compiled(*t, groups, norm_groups),
-        f"ours ({backend})": lambda *t: ela_gate(*t, groups, norm_groups, backend=backend),
-    }
+def _ops(backend: str, groups: int, norm_groups: int, compiled: Callable | None,
+         compile_backend: str) -> dict[str, Callable]:
+    ops = {"eager (torch)": lambda *t: ela_gate(*t, groups, norm_groups, backend="torch")}
+    if compiled is not None:
+        ops[f"torch.compile ({compile_backend})"] = lambda *t: compiled(*t, groups, norm_groups)
+    ops[f"ours ({backend})"] = lambda *t: ela_gate(*t, groups, norm_groups, backend=backend)
+    return ops
 
 
 def time_stages(device: str, backend: str, dtype: torch.dtype, stages: list[tuple[int, int, int]],
-                compile_backend: str) -> list[dict]:
-    """Forward and forward+backward ms of eager / compiled reference / ours at each stage shape."""
-    compiled = torch.compile(ela_gate_reference, dynamic=False, backend=compile_backend)
+                compile_backend: str | None) -> list[dict]:
+    """Forward and forward+backward ms of eager / compiled reference (unless None) / ours at each stage shape."""
+    compiled = torch.compile(ela_gate_reference, dynamic=False, backend=compile_backend) if compile_backend else None
     rows = []
     for batch, channels, side in stages:
         tensors, grad_out, groups, norm_groups = make_inputs(batch, channels, side, dtype, device)
@@ -128,13 +147,17 @@ def time_stages(device: str, backend: str, dtype: torch.dtype, stages: list[tupl
                  for name, fn in _ops(backend, groups, norm_groups, compiled, compile_backend).items()}
         nbytes = grad_out.numel() * grad_out.element_size()
         eager = times["eager (torch)"]
-        for name, (fwd, fwd_bwd) in times.items():
+        for name, (fwd, fwd_bwd, *graph) in times.items():
             fwd_gbps = FWD_PASSES * nbytes / fwd / 1e6
             fwd_bwd_gbps = FWD_BWD_PASSES * nbytes / fwd_bwd / 1e6
-            rows.append({"shape (B, C, H=W)": f"({batch}, {channels}, {side})", "impl": name, "fwd ms": fwd,
-                         "fwd GB/s": fwd_gbps, "fwd % roof": 100 * fwd_gbps / HBM_GBPS, "fwd+bwd ms": fwd_bwd,
-                         "fwd+bwd GB/s": fwd_bwd_gbps, "fwd+bwd % roof": 100 * fwd_bwd_gbps / HBM_GBPS,
-                         "speed-up vs eager (fwd / fwd+bwd)": f"{eager[0] / fwd:.2f}x / {eager[1] / fwd_bwd:.2f}x"})
+            row = {"shape (B, C, H=W)": f"({batch}, {channels}, {side})", "impl": name, "fwd ms": fwd,
+                   "fwd GB/s": fwd_gbps, "fwd % roof": 100 * fwd_gbps / HBM_GBPS, "fwd+bwd ms": fwd_bwd,
+                   "fwd+bwd GB/s": fwd_bwd_gbps, "fwd+bwd % roof": 100 * fwd_bwd_gbps / HBM_GBPS}
+            if graph:
+                row["fwd+bwd ms, CUDA graph"] = graph[0]
+                row["graph % roof"] = 100 * FWD_BWD_PASSES * nbytes / graph[0] / 1e6 / HBM_GBPS
+            row["speed-up vs eager (fwd / fwd+bwd)"] = f"{eager[0] / fwd:.2f}x / {eager[1] / fwd_bwd:.2f}x"
+            rows.append(row)
         print(*(f"{r['shape (B, C, H=W)']} {r['impl']}: fwd {r['fwd ms']:.4f} ms ({r['fwd % roof']:.0f}%), "
                 f"fwd+bwd {r['fwd+bwd ms']:.4f} ms ({r['fwd+bwd % roof']:.0f}%)" for r in rows[-len(times):]),
               sep="\n", flush=True)
@@ -168,7 +191,8 @@ def kernel_breakdown(device: str, backend: str, dtype: torch.dtype, shape: tuple
     return sorted(rows, key=lambda r: -r["us/iter"])[:12]
 
 
-def gpu_check(device: str = "cuda", tiny: bool = False, compile_backend: str = "inductor") -> dict[str, list[dict]]:
+def gpu_check(device: str = "cuda", tiny: bool = False,
+              compile_backend: str | None = "inductor") -> dict[str, list[dict]]:
     """Correctness then timing tables (see the module doc); returns {section title: rows}."""
     backend = "triton" if device == "cuda" or os.environ.get("TRITON_INTERPRET") == "1" else "torch"
     stages = TINY_STAGES if tiny else STAGES
@@ -190,10 +214,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes (a smoke run, e.g. under TRITON_INTERPRET)")
-    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the anchor")
+    parser.add_argument("--compile-backend", default="inductor",
+                        help="torch.compile backend of the anchor; 'none' leaves the compiled anchor out")
     args = parser.parse_args()
     threads_from_env()
-    sections = gpu_check(args.device, args.tiny, args.compile_backend)
+    sections = gpu_check(args.device, args.tiny, None if args.compile_backend == "none" else args.compile_backend)
     notes = ("Minimal traffic: fwd 3 passes over the (B, C, H, W) tensor, fwd+bwd 7; roofline 3.35 TB/s (H100 SXM). "
              "The Triton backward re-reads x once more for the strip means (the op saves only its inputs).")
     if args.device == "cpu":
