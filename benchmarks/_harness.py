@@ -7,7 +7,6 @@ the device and library versions it ran on; ``write_result`` also saves the table
 from __future__ import annotations
 
 import datetime
-import multiprocessing as mp
 import os
 import platform
 import statistics
@@ -47,18 +46,14 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def _child(fn: Callable[[], Any], queue: mp.Queue) -> None:
-    base = _status_kib("VmRSS")
-    fn()
-    queue.put((_status_kib("VmHWM") - base) / 1024)
-
-
 def peak_memory_mb(fn: Callable[[], Any], device: torch.device | str = "cpu") -> float:
     """Peak memory that ``fn()`` adds, in MiB.
 
-    CUDA: ``torch.cuda.max_memory_allocated`` around the call. CPU: ``fn`` runs once in a forked child whose
-    high-water RSS (VmHWM) is compared with its RSS at the start, so every allocator (PyTorch's, NumPy's,
-    Python's) is counted and the parent's own peak does not leak into the number.
+    CUDA: ``torch.cuda.max_memory_allocated`` around the call. CPU: the process's high-water RSS (VmHWM) is reset
+    through ``/proc/self/clear_refs`` and compared with the RSS before the call, so every allocator (PyTorch's,
+    NumPy's, Python's) is counted. Large tensors are mmap'd and handed back to the OS when freed, so consecutive
+    measurements do not see each other's peaks. (A forked child would be cleaner but deadlocks in autograd's
+    backward after fork.)
     """
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
@@ -67,13 +62,10 @@ def peak_memory_mb(fn: Callable[[], Any], device: torch.device | str = "cpu") ->
         fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    ctx = mp.get_context("fork")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(fn, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
+    Path("/proc/self/clear_refs").write_text("5")
+    base = _status_kib("VmRSS")
+    fn()
+    return (_status_kib("VmHWM") - base) / 1024
 
 
 def environment() -> str:
