@@ -113,6 +113,9 @@ class UlsamEfficientNet(EfficientNet):
         self.ulsam_blocks = tuple(tuple(b) for b in ulsam_blocks)
         self.ulsam_insert = tuple(ulsam_insert)
 
+    def extra_repr(self) -> str:
+        return f"ulsam_blocks={self.ulsam_blocks}, ulsam_insert={self.ulsam_insert}"
+
 
 _CFG = dict(first_conv="conv_stem", classifier="classifier", paper_ids="arXiv:2006.15102")
 
