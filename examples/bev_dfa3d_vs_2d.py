@@ -201,7 +201,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         RESULTS.write_text(f"# BEV occupancy IoU: DFA3D vs 2-D deformable attention\n\n"
                            f"Command: `python examples/bev_dfa3d_vs_2d.py {command}`\n\n"
                            f"Setup: {setup}. Torch {torch.__version__}, device {args.device}, "
-                           f"{torch.get_num_threads()} threads (shared 2-core machine).\n\n{text}\n")
+                           f"{torch.get_num_threads()} threads (shared 2-core machine).\n\n{text}\n\n"
+                           "One run per row, all from the same seed and scenes; the run-to-run spread was not "
+                           "measured, so differences of a few points are not significant.\n")
     return results
 
 
