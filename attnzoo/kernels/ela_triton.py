@@ -147,14 +147,16 @@ def _conv_taps(z_ptr, w_ptr, o, o_mask, b, lane, length, start, channels, cin, s
     """Grouped Conv1d (zero padding K // 2) of the strip at ``start`` for output channels ``o``: (BLOCK_C, BLOCK_L)."""
     first = (o // cin) * cin  # first input channel of each output channel's conv group
     acc = tl.zeros([BLOCK_C, BLOCK_L], dtype=ACC)
-    for j in range(cin):
-        z_row = (b * channels + first + j).to(tl.int64) * strips + start  # (BLOCK_C,)
-        for t in tl.static_range(K):
-            pos = lane + t - K // 2
-            w = tl.load(w_ptr + (o * cin + j) * K + t, mask=o_mask, other=0.0).to(ACC)
-            z = tl.load(z_ptr + z_row[:, None] + pos[None, :],
-                        mask=o_mask[:, None] & ((pos >= 0) & (pos < length))[None, :], other=0.0)
-            acc += w[:, None] * z
+    # taps outside, input channels inside: offsets and masks are built once per tap, the inner loop only steps
+    # the pointers (this loop is instruction-bound, not memory-bound)
+    for t in tl.static_range(K):
+        pos = lane + t - K // 2
+        mask = o_mask[:, None] & ((pos >= 0) & (pos < length))[None, :]
+        z_ptrs = z_ptr + ((b * channels + first).to(tl.int64) * strips + start)[:, None] + pos[None, :]
+        w_ptrs = w_ptr + o * (cin * K) + t
+        for j in range(cin):
+            w = tl.load(w_ptrs + j * K, mask=o_mask, other=0.0).to(ACC)
+            acc += w[:, None] * tl.load(z_ptrs + j * strips, mask=mask, other=0.0)
     return acc
 
 
@@ -244,7 +246,7 @@ def _gates_backward_kernel(grad_gate_ptr, gate_ptr, conv_ptr, stats_ptr, gamma_p
 
 
 @triton.jit
-def _conv_weight_grad_kernel(grad_conv_ptr, z_ptr, grad_w_ptr, batch, channels, H, W, cin, batches_per_program,
+def _conv_weight_grad_kernel(grad_conv_ptr, z_ptr, grad_w_ptr, channels, H, W, cin, batches_per_program,
                              K: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
     """dL/dweight[o, j, t]: sum over batches, strips and lanes of grad_conv[o, lane] * z[first(o) + j, lane + t - K//2].
 
@@ -259,18 +261,19 @@ def _conv_weight_grad_kernel(grad_conv_ptr, z_ptr, grad_w_ptr, batch, channels, 
     lane = tl.arange(0, BLOCK_L)
     strips = H + W
     acc = tl.zeros([BLOCK_C, BLOCK_L], dtype=ACC)
-    for i in range(batches_per_program):
-        b = tl.program_id(2) * batches_per_program + i
-        for s in tl.static_range(2):
-            length = H + s * (W - H)
-            start = s * H
-            valid = o_mask & (b < batch)
-            grad_conv = tl.load(grad_conv_ptr + ((b * channels + o).to(tl.int64) * strips + start)[:, None]
-                                + lane[None, :], mask=valid[:, None] & (lane < length)[None, :], other=0.0)
-            pos = lane + t - K // 2
-            z = tl.load(z_ptr + ((b * channels + first + j).to(tl.int64) * strips + start)[:, None] + pos[None, :],
-                        mask=valid[:, None] & ((pos >= 0) & (pos < length))[None, :], other=0.0)
-            acc += grad_conv * z
+    b0 = tl.program_id(2) * batches_per_program  # the launcher splits the batch evenly: no tail to mask
+    for s in tl.static_range(2):
+        length = H + s * (W - H)
+        start = s * H
+        pos = lane + t - K // 2
+        grad_mask = o_mask[:, None] & (lane < length)[None, :]
+        z_mask = o_mask[:, None] & ((pos >= 0) & (pos < length))[None, :]
+        grad_ptrs = grad_conv_ptr + ((b0 * channels + o).to(tl.int64) * strips + start)[:, None] + lane[None, :]
+        z_ptrs = z_ptr + ((b0 * channels + first + j).to(tl.int64) * strips + start)[:, None] + pos[None, :]
+        for _ in range(batches_per_program):
+            acc += tl.load(grad_ptrs, mask=grad_mask, other=0.0) * tl.load(z_ptrs, mask=z_mask, other=0.0)
+            grad_ptrs += channels * strips
+            z_ptrs += channels * strips
     tl.atomic_add(grad_w_ptr + (o * cin + j) * K + t, tl.sum(acc, axis=1), mask=o_mask)
 
 
@@ -289,15 +292,16 @@ def _strip_input_grad_kernel(grad_conv_ptr, w_ptr, grad_z_ptr, channels, blocks,
     i_mask = i < channels
     first = (i // cin) * cin
     acc = tl.zeros([BLOCK_C, BLOCK_L], dtype=ACC)
-    for q in range(cin):  # the conv groups are square: cin output channels read cin input channels
-        o = first + q
-        row = (b * channels + o).to(tl.int64) * strips + start
-        for t in tl.static_range(K):
-            pos = lane - t + K // 2
-            w = tl.load(w_ptr + (o * cin + i - first) * K + t, mask=i_mask, other=0.0).to(ACC)
-            g = tl.load(grad_conv_ptr + row[:, None] + pos[None, :],
-                        mask=i_mask[:, None] & ((pos >= 0) & (pos < length))[None, :], other=0.0)
-            acc += w[:, None] * g
+    # the conv groups are square (cin output channels read cin input channels): output channel q of i's group is
+    # first + q; taps outside, as in _conv_taps
+    for t in tl.static_range(K):
+        pos = lane - t + K // 2
+        mask = i_mask[:, None] & ((pos >= 0) & (pos < length))[None, :]
+        grad_ptrs = grad_conv_ptr + ((b * channels + first).to(tl.int64) * strips + start)[:, None] + pos[None, :]
+        w_ptrs = w_ptr + (first * cin + i - first) * K + t
+        for q in range(cin):
+            w = tl.load(w_ptrs + q * (cin * K), mask=i_mask, other=0.0).to(ACC)
+            acc += w[:, None] * tl.load(grad_ptrs + q * strips, mask=mask, other=0.0)
     tl.store(grad_z_ptr + (b * channels + i).to(tl.int64)[:, None] * strips + start + lane[None, :], acc / pooled,
              mask=i_mask[:, None] & (lane < length)[None, :])
 
@@ -392,9 +396,12 @@ def ela_gate_backward(grad_out: Tensor, x: Tensor, weight: Tensor, norm_weight: 
     block_c, _ = _strip_blocks(xc, c)
     blocks = triton.cdiv(c, block_c)
     taps = weight.shape[1] * weight.shape[2]
-    per_program = triton.cdiv(b, min(b, triton.cdiv(_WEIGHT_GRAD_PROGRAMS, blocks * taps)))
-    _conv_weight_grad_kernel[(blocks, taps, triton.cdiv(b, per_program))](
-        grad_conv, gates.z, grad_weight, batch=b, batches_per_program=per_program, BLOCK_C=block_c, **meta)
+    # batches per program: the largest divisor of B that still leaves about _WEIGHT_GRAD_PROGRAMS programs
+    target = triton.cdiv(b, triton.cdiv(_WEIGHT_GRAD_PROGRAMS, blocks * taps))
+    per_program = max(d for d in range(1, target + 1) if b % d == 0)
+    _conv_weight_grad_kernel[(blocks, taps, b // per_program)](grad_conv, gates.z, grad_weight,
+                                                                batches_per_program=per_program, BLOCK_C=block_c,
+                                                                **meta)
     grad_z = grad_gates  # dL/dgate is fully consumed above: reuse its buffer for the strip term of dL/dx
     _strip_input_grad_kernel[(b * blocks, 2)](grad_conv, weight, grad_z, blocks=blocks, BLOCK_C=block_c, **meta)
     grad_x = torch.empty_like(xc)

@@ -51,9 +51,11 @@ def test_forward_and_gradients_match_torch_backend(c, groups, norm_groups, k, sh
 
 
 def test_chunked_loops_match(monkeypatch):
-    # tiny tiles force every loop to take several trips: rows of a plane, channels of a norm group and of a strip
+    # tiny tiles force every loop to take several trips: rows of a plane, channels of a norm group and of a strip,
+    # and batches in the weight-gradient kernel (one program per weight slice walks the whole batch)
     monkeypatch.setattr(ela_triton, "_PLANE_TILE", 16)
     monkeypatch.setattr(ela_triton, "_STRIP_TILE", 16)
+    monkeypatch.setattr(ela_triton, "_WEIGHT_GRAD_PROGRAMS", 1)
     assert ela_triton._plane_launch(torch.empty(2, 16, 5, 7))[1]["BLOCK_H"] < 5
     assert ela_triton._strip_blocks(torch.empty(2, 8, 5, 7), 4)[0] < 4
     assert_backends_agree(8, 4, 2, 3, (2, 5, 7))
