@@ -45,8 +45,8 @@ __all__ = ["halo_attention_backward", "halo_attention_forward"]
 
 # Copies of the relative-table gradient that programs add into (program id modulo SPLIT).
 _REL_GRAD_SPLIT = 64
-# Measured on an H100 at the halonet26t / halonet50ts shapes (before the tl.gather shift): 8 warps in the forward
-# doubled its time; in the backward 4 or 8 warps and 32 or 64 queries per program were within 2x of each other.
+# On an H100 8 warps doubled the forward's time; in the backward 8 warps keep ptxas (sm_90, win 12, 64 queries) to
+# 64 bytes of spilled registers, against 480 with 4.
 _NUM_WARPS = {"forward": 4, "backward": 8}
 # Most logits (queries x keys) one program holds: sets BLOCK_Q.
 _TILE = {"forward": 16384, "backward": 16384}
@@ -231,14 +231,17 @@ def _halo_bwd_kernel(q_ptr, k_ptr, v_ptr, rh_ptr, rw_ptr, out_ptr, do_ptr, dq_pt
         pix = ky * w + kx
         tl.atomic_add(dv_base + cv[None, :] * hw + pix[:, None], grad_v,
                       mask=in_map[:, None] & (cv[None, :] < dv), sem="relaxed")
-        ds = p * (tl.dot(do, tl.trans(v), input_precision=PREC) - delta[:, None])
-        dq += tl.dot(ds.to(DOT), k, input_precision=PREC)
-        grad_k = tl.dot(tl.trans(ds).to(DOT), q, input_precision=PREC) * scale  # (KN, DQK)
+        ds = (p * (tl.dot(do, tl.trans(v), input_precision=PREC) - delta[:, None])).to(DOT)
+        dq += tl.dot(ds, k, input_precision=PREC)
+        grad_k = tl.dot(tl.trans(ds), q, input_precision=PREC) * scale  # (KN, DQK)
         tl.atomic_add(dk_base + cq[None, :] * hw + pix[:, None], grad_k,
                       mask=in_map[:, None] & (cq[None, :] < dqk), sem="relaxed")
-        ds3 = tl.reshape(ds, (BLOCK_Q, KH, WINP))
-        grad_rows_h += _window_to_rows(tl.sum(ds3, 2), qh, kh0, RP, WIN)
-        grad_gw += tl.sum(ds3, 1)
+        # sums of dS over each window row / column, as products with 0/1 matrices: a (BLOCK_Q, KH, WINP) reshape
+        # of dS costs the backward hundreds of spilled registers
+        j = tl.arange(0, KH * WINP)
+        grad_gh = tl.dot(ds, (j[:, None] // WINP == tl.arange(0, KH)[None, :]).to(DOT), input_precision=PREC)
+        grad_rows_h += _window_to_rows(grad_gh, qh, kh0, RP, WIN)
+        grad_gw += tl.dot(ds, (j[:, None] % WINP == tl.arange(0, WINP)[None, :]).to(DOT), input_precision=PREC)
     grad_rows_w = _window_to_rows(grad_gw, qw, 0, RP, WIN)
 
     r = tl.arange(0, RP)
