@@ -1,0 +1,33 @@
+"""The stable public names of DESIGN.md exist, and every op takes the backend switch."""
+
+import inspect
+
+import attnzoo
+import attnzoo.kernels
+import attnzoo.layers
+
+
+def test_top_level_names():
+    for name in ("create_model", "list_models", "list_pretrained", "save_pretrained", "from_pretrained"):
+        assert callable(getattr(attnzoo, name)), name
+    assert inspect.signature(attnzoo.create_model).parameters["pretrained"].default is False
+    assert set(inspect.signature(attnzoo.list_models).parameters) == {"pattern", "pretrained", "task"}
+
+
+def test_layer_names():
+    for name in ("ELA", "ULSAM", "MKDC", "MKIR", "NiNBlock", "HaloAttention", "DeformableAttention3D",
+                 "TopMAttentionConv"):
+        layer = getattr(attnzoo.layers, name)
+        assert hasattr(layer, "reset_parameters") and hasattr(layer, "extra_repr"), name
+
+
+def test_ops_take_backend():
+    for name in ("halo_attention", "deform_attn_3d", "ms_deform_attn", "topm_attention", "ela_gate"):
+        op = getattr(attnzoo.kernels, name)
+        assert inspect.signature(op).parameters["backend"].default in ("auto", None), name
+    assert callable(attnzoo.kernels.set_backend)
+
+
+def test_every_task_has_models():
+    for task in ("classification", "segmentation", "graph", "bev"):
+        assert attnzoo.list_models(task=task), task
