@@ -30,21 +30,20 @@ from _harness import peak_memory_mb, threads_from_env, time_ms, write_result  # 
 from torch_geometric.nn import GATConv, TransformerConv  # noqa: E402
 
 from attnzoo.data.graphs import random_graph  # noqa: E402
-from attnzoo.kernels import set_backend  # noqa: E402
 from attnzoo.layers.topm import TopMAttentionConv  # noqa: E402
 
 CHANNELS, EDGES_PER_NODE, M = 32, 10, 16
 
 
-def _layers(mode: str, block_size: int) -> dict[str, Callable[[], torch.nn.Module]]:
-    ours = {f"TopMAttentionConv ({mode})": lambda: TopMAttentionConv(CHANNELS, CHANNELS, m=M, mode=mode,
-                                                                      num_neighbors=EDGES_PER_NODE,
-                                                                      block_size=block_size)}
-    if mode == "knn":
-        return ours
-    return {"GATConv": lambda: GATConv(CHANNELS, CHANNELS), "TransformerConv": lambda: TransformerConv(CHANNELS,
-                                                                                                        CHANNELS),
-            **ours}
+def _layers(mode: str, block_size: int, backends: list[str]) -> dict[str, Callable[[], torch.nn.Module]]:
+    def ours(backend: str) -> Callable[[], torch.nn.Module]:
+        return lambda: TopMAttentionConv(CHANNELS, CHANNELS, m=M, mode=mode, num_neighbors=EDGES_PER_NODE,
+                                         block_size=block_size, backend=backend)
+
+    layers = {} if mode == "knn" else {"GATConv": lambda: GATConv(CHANNELS, CHANNELS),
+                                       "TransformerConv": lambda: TransformerConv(CHANNELS, CHANNELS)}
+    layers.update({f"TopMAttentionConv ({mode}, {backend})": ours(backend) for backend in backends})
+    return layers
 
 
 def _step(layer: torch.nn.Module, x: torch.Tensor, edge_index: torch.Tensor) -> Callable[[], None]:
@@ -66,7 +65,7 @@ def _cpu_peak_child(num_nodes: int, mode: str, name: str, block_size: int, queue
     threads_from_env()
     data = random_graph(num_nodes, EDGES_PER_NODE, num_channels=CHANNELS)
     torch.manual_seed(0)
-    fn = _step(_layers(mode, block_size)[name]().train(), data.x, data.edge_index)
+    fn = _step(_layers(mode, block_size, ["torch"])[name]().train(), data.x, data.edge_index)
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS: count this step only
     base = _rss_kib("VmRSS")
     fn()
@@ -87,18 +86,26 @@ def _peak_mib(fn: Callable[[], None], device: str, num_nodes: int, mode: str, na
     return result
 
 
-def _measure(sizes: list[int], mode: str, device: str, block_size: int) -> list[dict]:
+def _measure(sizes: list[int], mode: str, device: str, block_size: int, backends: list[str]) -> list[dict]:
     rows = []
     for num_nodes in sizes:
         data = random_graph(num_nodes, EDGES_PER_NODE, num_channels=CHANNELS)
         x, edge_index = data.x.to(device), data.edge_index.to(device)
         large = num_nodes > 100_000 or (mode == "knn" and device == "cpu" and num_nodes >= 50_000)
         baseline = None
-        for name, build in _layers(mode, block_size).items():
+        for name, build in _layers(mode, block_size, backends).items():
             torch.manual_seed(0)
             fn = _step(build().to(device).train(), x, edge_index)
-            ms = time_ms(fn, device, warmup=0 if large else 1, repeat=1 if large else 3)
-            mib = _peak_mib(fn, device, num_nodes, mode, name, block_size)
+            try:
+                ms = time_ms(fn, device, warmup=0 if large else 1, repeat=1 if large else 3)
+                mib = _peak_mib(fn, device, num_nodes, mode, name, block_size)
+            except Exception as err:  # one failing variant (e.g. out of memory) must not lose the other rows
+                print(f"{name} at {num_nodes} nodes failed: {err!r}", flush=True)
+                rows.append({"nodes": num_nodes, "layer": name, "fwd+bwd ms": "failed", "peak MiB": type(err).__name__,
+                             "time / first row": "", "memory / first row": ""})
+                if device == "cuda":
+                    torch.cuda.empty_cache()
+                continue
             baseline = baseline or (ms, mib)
             rows.append({"nodes": num_nodes, "layer": name, "fwd+bwd ms": ms, "peak MiB": mib,
                          "time / first row": ms / baseline[0], "memory / first row": mib / baseline[1]})
@@ -113,6 +120,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="*", default=None, help="vertex counts for 'aux' mode")
     parser.add_argument("--knn-sizes", type=int, nargs="*", default=None, help="vertex counts for 'knn' mode")
     parser.add_argument("--gpu-only", action="store_true", help="the short CUDA run of benchmarks/gpu_check.sh")
+    parser.add_argument("--backends", nargs="*", choices=["torch", "triton"], default=None,
+                        help="TopMAttentionConv backends to run (default: triton and torch on CUDA, torch on CPU)")
     args = parser.parse_args()
     if args.gpu_only:
         args.device = "cuda"
@@ -123,20 +132,19 @@ def main() -> None:
     knn_default = [10_000, 100_000, 1_000_000] if args.device == "cuda" else [10_000, 30_000, 100_000]
     knn_sizes = args.knn_sizes if args.knn_sizes is not None else knn_default
     triton_built = importlib.util.find_spec("attnzoo.kernels.topm_triton") is not None
-    if args.device == "cuda" and not triton_built:
-        set_backend("torch")
-    backend = "Triton" if args.device == "cuda" and triton_built else "PyTorch reference"
+    backends = args.backends or (["triton", "torch"] if args.device == "cuda" and triton_built else ["torch"])
     block_size = 8192 if args.device == "cuda" else 1024
 
-    sections = [("'aux' mode vs PyG anchors (ratios against GATConv)", _measure(sizes, "aux", args.device,
-                                                                                block_size))]
-    sections.append(("'knn' mode (exact per-vertex top-m; ratios against the smallest graph)",
-                     _measure(knn_sizes, "knn", args.device, block_size)))
+    sections = [("'aux' mode vs PyG anchors (ratios against GATConv)",
+                 _measure(sizes, "aux", args.device, block_size, backends)),
+                ("'knn' mode (exact per-vertex top-m; ratios against the first row)",
+                 _measure(knn_sizes, "knn", args.device, block_size, backends))]
     where = ("a shared 2-core CPU (other jobs were running: absolute times are noisy, ratios less so)"
              if args.device == "cpu" else "one GPU")
     notes = (f"One layer, {CHANNELS} channels in and out, 1 head, m={M}, {EDGES_PER_NODE} random in-edges per "
              f"vertex, training mode (TopMAttentionConv samples <= {EDGES_PER_NODE} neighbours, i.e. all of them "
-             f"here), forward + `out.sum().backward()`. TopM attention backend: {backend}. Measured on {where}. "
+             f"here), forward + `out.sum().backward()`. TopM backends: {', '.join(backends)} (torch = the PyTorch "
+             f"reference, chunked over queries). Measured on {where}. "
              "Sizes above 100k vertices (and knn >= 50k on CPU) are timed once without warm-up. "
              "Peak memory: CPU = high-water RSS added by one step in a spawned child (peak reset before the step); "
              "CUDA = "

@@ -100,7 +100,7 @@ class TopMAttentionConv(MessagePassing):
 
     def __init__(self, in_channels: int, out_channels: int, m: int = 16, heads: int = 1,
                  num_neighbors: int | None = 10, mode: str = "aux", bias: bool = True, block_size: int = 1024,
-                 backend: str | None = "auto", device: torch.device | str | None = None,
+                 backend: str | None = None, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None, **kwargs) -> None:
         if isinstance(in_channels, bool) or not isinstance(in_channels, int) or (in_channels < 1
                                                                                  and in_channels != -1):
