@@ -101,10 +101,12 @@ def ela_gate_backward_reference(grad_out: torch.Tensor, x: torch.Tensor, weight:
         normed, mean, rstd = torch.ops.aten.native_group_norm(conv, norm_weight, norm_bias, b, c, conv.shape[-1],
                                                               norm_groups, eps)
         strips.append((strip, conv, mean, rstd, torch.sigmoid(normed)))
-    a_h, a_w = strips[0][-1].unsqueeze(3), strips[1][-1].unsqueeze(2)  # (B, C, H, 1), (B, C, 1, W)
-    grad_x = grad_out * a_h * a_w
-    gx = grad_out * x
-    grad_gates = ((gx * a_w).sum(dim=3), (gx * a_h).sum(dim=2))  # (B, C, H), (B, C, W)
+    a_h, a_w = strips[0][-1], strips[1][-1]  # (B, C, H), (B, C, W)
+    # full-size temporaries kept to two: grad_out * x (reduced by batched mat-vec products) and grad_x (in place)
+    gx = (grad_out * x).reshape(b * c, h, w)  # (B*C, H, W)
+    grad_gates = (torch.bmm(gx, a_w.reshape(b * c, w, 1)).reshape(b, c, h),  # sum_W(g * x * a_w): (B, C, H)
+                  torch.bmm(a_h.reshape(b * c, 1, h), gx).reshape(b, c, w))  # sum_H(g * x * a_h): (B, C, W)
+    del gx
     grad_strips = []
     for (strip, conv, mean, rstd, gate), grad_gate in zip(strips, grad_gates, strict=True):
         grad_normed = grad_gate * gate * (1 - gate)
@@ -116,7 +118,8 @@ def ela_gate_backward_reference(grad_out: torch.Tensor, x: torch.Tensor, weight:
         grad_norm_weight += gnw
         grad_norm_bias += gnb
         grad_strips.append(grad_strip)
-    grad_x = grad_x + grad_strips[0].unsqueeze(3) / w + grad_strips[1].unsqueeze(2) / h
+    grad_x = grad_out * a_h.unsqueeze(3)  # (B, C, H, W)
+    grad_x.mul_(a_w.unsqueeze(2)).add_(grad_strips[0].unsqueeze(3) / w).add_(grad_strips[1].unsqueeze(2) / h)
     return grad_x, grad_weight, grad_norm_weight, grad_norm_bias
 
 
