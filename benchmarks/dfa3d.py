@@ -6,17 +6,16 @@ efficient path is :func:`attnzoo.kernels.dfa3d.deform_attn_3d_efficient` (forwar
 'torch' backend (forward + backward through its chunked VJP); with ``--device cuda`` the op's Triton backend is
 timed too. Goal from issue 6: the efficient path needs at most 1/10 of the naive path's memory.
 
-    BENCH_THREADS=1 python benchmarks/dfa3d.py                # CPU, BEVFormer-small-like shapes
+    python benchmarks/dfa3d.py                                # CPU, BEVFormer-small-like shapes
     python benchmarks/dfa3d.py --device cuda --preset unit    # the authors' unit-test shapes (naive: ~21 GB)
-
-On CPU run it with BENCH_THREADS=1: the harness measures memory in a forked child, and with a multi-threaded
-intra-op pool in the parent that child hung here (an OpenMP pool does not survive fork).
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -51,29 +50,54 @@ def make_inputs(preset: str, device: str, dtype: torch.dtype = torch.float32) ->
     return value, depth, shapes, torch.cumsum(sizes, 0) - sizes, locations, weights
 
 
-def forward_only(fn, inputs):
-    def run():
+PATHS = {
+    "naive": ("naive (volume + 3-D grid_sample)", deform_attn_3d_naive),
+    "torch": ("efficient (depth score + gather), torch", lambda *a: deform_attn_3d(*a, backend="torch")),
+    "triton": ("efficient, triton kernel", lambda *a: deform_attn_3d(*a, backend="triton")),
+}
+MODES = ("forward", "forward + backward")
+
+
+def runner(path: str, mode: str, inputs: tuple[torch.Tensor, ...]) -> Callable[[], None]:
+    fn = PATHS[path][1]
+
+    def forward() -> None:
         with torch.no_grad():
-            return fn(*inputs)
-    return run
+            fn(*inputs)
 
-
-def forward_backward(fn, inputs):
-    def run():
+    def forward_backward() -> None:
         leaves = [t.detach().requires_grad_(t.is_floating_point()) for t in inputs]
         out = fn(*leaves)
         out.backward(torch.ones_like(out))
-    return run
+
+    return forward if mode == MODES[0] else forward_backward
 
 
-def measure(run, device: str, repeat: int) -> dict:
-    """Median time and peak memory of ``run``; a path that runs out of device memory is reported as such."""
+def _status_kib(field: str) -> int:
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(field + ":"))
+    return int(line.split()[1])
+
+
+def cpu_peak_mib(path: str, mode: str, preset: str) -> float:
+    """Peak memory one call adds, measured in a fresh interpreter (VmHWM over the RSS once the inputs exist).
+
+    A fresh process, not a fork of this one: a forked child reuses the parent's freed but still resident heap
+    pages, which hides allocations (it reported 0.004 MiB for a path that allocates tens of MiB here).
+    """
+    result = subprocess.run([sys.executable, __file__, "--preset", preset, "--child", path, mode],
+                            capture_output=True, text=True, check=True)
+    return float(result.stdout.split()[-1])
+
+
+def measure(path: str, mode: str, inputs: tuple[torch.Tensor, ...], args: argparse.Namespace) -> dict:
+    """Median time and peak memory of one path; one that runs out of device memory is reported as such."""
+    run = runner(path, mode, inputs)
     try:
-        return {"time (ms)": time_ms(run, device, warmup=1, repeat=repeat),
-                "peak memory (MiB)": peak_memory_mb(run, device)}
+        return {"time (ms)": time_ms(run, args.device, warmup=1, repeat=args.repeat),
+                "peak memory (MiB)": peak_memory_mb(run, args.device) if args.device.startswith("cuda")
+                else cpu_peak_mib(path, mode, args.preset)}
     except torch.OutOfMemoryError:
-        if device.startswith("cuda"):
-            torch.cuda.empty_cache()
+        torch.cuda.empty_cache()
         return {"time (ms)": "out of memory", "peak memory (MiB)": "out of memory"}
 
 
@@ -82,40 +106,39 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--child", nargs=2, metavar=("PATH", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     threads_from_env()
     inputs = make_inputs(args.preset, args.device)
-    paths = {
-        "naive (volume + 3-D grid_sample)": deform_attn_3d_naive,
-        "efficient (depth score + gather), torch": lambda *a: deform_attn_3d(*a, backend="torch"),
-    }
-    if args.device.startswith("cuda"):
-        paths["efficient, triton kernel"] = lambda *a: deform_attn_3d(*a, backend="triton")
+    if args.child:  # the fresh-process memory probe of cpu_peak_mib
+        base = _status_kib("VmRSS")
+        runner(*args.child, inputs)()
+        print((_status_kib("VmHWM") - base) / 1024)
+        return
+    paths = ["naive", "torch"] + (["triton"] if args.device.startswith("cuda") else [])
     try:
         with torch.no_grad():
             max_diff = f"{float((deform_attn_3d_naive(*inputs) - deform_attn_3d_efficient(*inputs)).abs().max()):.2e}"
     except torch.OutOfMemoryError:
         max_diff = "not measured (the naive path ran out of memory)"
     sections = []
-    for label, wrap in (("forward", forward_only), ("forward + backward", forward_backward)):
-        rows = []
-        for name, fn in paths.items():
-            rows.append({"path": name, **measure(wrap(fn, inputs), args.device, args.repeat)})
+    for mode in MODES:
+        rows = [{"path": PATHS[path][0], **measure(path, mode, inputs, args)} for path in paths]
         anchor = rows[0]
         for row in rows:
             for key, ratio in (("time (ms)", "time vs naive"), ("peak memory (MiB)", "memory vs naive")):
                 both = isinstance(row[key], float) and isinstance(anchor[key], float)
                 row[ratio] = row[key] / anchor[key] if both else "-"
-        sections.append((label, rows))
+        sections.append((mode, rows))
     bs, levels, nh, channels, num_bins, nq, num_points = PRESETS[args.preset]
     volume_mib = bs * nh * channels * num_bins * sum(h * w for h, w in levels) * 4 / 2**20
     notes = (f"Preset `{args.preset}`: {bs} views folded into the batch, levels {levels}, {nh} heads x {channels} "
              f"channels, {num_bins} depth bins, {nq} queries per view, {num_points} points per head and level, fp32. "
              f"Largest single tensor of the naive path, the depth-expanded volume: {volume_mib:.0f} MiB. "
-             f"Max |naive - efficient| on these inputs: {max_diff}. Peak memory is what the call adds "
-             f"(CPU: a forked child's VmHWM over its starting RSS; CUDA: max_memory_allocated). "
-             + ("Measured on a shared 2-core machine (other jobs running) with one thread: times are indicative only."
-                if args.device == "cpu" else ""))
+             f"Max |naive - efficient| on these inputs: {max_diff}. Peak memory is what one call adds (CPU: VmHWM "
+             "of a fresh process over its RSS once the inputs exist; CUDA: max_memory_allocated). "
+             + (f"Measured on a shared 2-core machine (other jobs running) with {torch.get_num_threads()} thread(s): "
+                "times are indicative only." if args.device == "cpu" else ""))
     write_result(f"dfa3d_{args.device.split(':')[0]}" + ("" if args.preset == "small" else f"_{args.preset}"),
                  "DFA3D: naive volume vs efficient depth-score path", sections, notes)
 
