@@ -43,11 +43,17 @@ __all__ = ["halo_attention", "halo_attention_reference"]
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _rel_index(query_block: int, win: int, device: torch.device) -> torch.Tensor:
-    """Row of the relative table used by (query coordinate i, window coordinate j): ``j - i + win - 1``."""
-    i = torch.arange(query_block, device=device)[:, None]
-    j = torch.arange(win, device=device)[None, :]
-    return j - i + win - 1  # (query_block, win)
+def _skewed(full: torch.Tensor, query_block: int, win: int, axis: int) -> torch.Tensor:
+    """View of per-row relative scores ``full`` (M, qb, qb, 2 * win - 1) as per-window-coordinate scores.
+
+    Element (m, qh, qw, k) of the result is ``full[m, qh, qw, k - i + win - 1]`` with ``i`` = qh (``axis=1``) or
+    qw (``axis=2``): stepping ``i`` moves one table row back, so a stride of one less than the row stride does the
+    shift with no copy (timm pads and reshapes for the same "skew"). Rows never overlap, so the view can be written.
+    """
+    m, rows = full.shape[0], full.shape[-1]
+    strides = [query_block * query_block * rows, query_block * rows, rows, 1]
+    strides[axis] -= 1
+    return full.as_strided((m, query_block, query_block, win), strides, full.storage_offset() + win - 1)
 
 
 def _to_blocks(x: torch.Tensor, nbh: int, nbw: int, query_block: int) -> torch.Tensor:
@@ -89,11 +95,13 @@ def _windows(x: torch.Tensor, nbh: int, nbw: int, block_size: int, halo_size: in
 def _fold_windows(xw: torch.Tensor, bh: int, h: int, w: int, nbh: int, nbw: int, block_size: int,
                   halo_size: int) -> torch.Tensor:
     """Adjoint of :func:`_windows`: (BH * nb, C, win**2) window gradients summed back onto the (BH, C, H, W) map."""
-    c, k = xw.shape[1:]
+    c = xw.shape[1]
     win = block_size + 2 * halo_size
-    cols = xw.view(bh, nbh * nbw, c * k).transpose(1, 2)  # (BH, C * win**2, nb), F.fold's column layout
-    padded = F.fold(cols, (nbh * block_size + 2 * halo_size, nbw * block_size + 2 * halo_size), win,
-                    stride=block_size)
+    hp, wp = nbh * block_size + 2 * halo_size, nbw * block_size + 2 * halo_size
+    xw = xw.view(bh, nbh, nbw, c, win, win).permute(0, 3, 1, 2, 4, 5)  # (BH, C, nbh, nbw, win, win)
+    # The two Tensor.unfold calls of _windows, undone in reverse order (faster than F.fold's col2im here).
+    rows = torch.ops.aten.unfold_backward(xw, [bh, c, nbh, wp, win], 3, win, block_size)
+    padded = torch.ops.aten.unfold_backward(rows, [bh, c, hp, wp], 2, win, block_size)
     return padded[:, :, halo_size:halo_size + h, halo_size:halo_size + w].contiguous()
 
 
@@ -123,9 +131,8 @@ def _attention_probs(qb: torch.Tensor, kw: torch.Tensor, height_rel: torch.Tenso
     # The position term is rank-1 in each axis: add q.R_h (M, qh, qw, kh) and q.R_w (M, qh, qw, kw) by broadcasting
     # instead of materialising two full (qb**2, win**2) tensors as timm's skew trick does.
     qr = (qs if scale_pos_embed else qb).view(m, query_block, query_block, d)
-    index = _rel_index(query_block, win, qb.device)
-    rel_h = torch.einsum("mhwd,hkd->mhwk", qr, height_rel[index])  # (M, qh, qw, kh)
-    rel_w = torch.einsum("mhwd,wkd->mhwk", qr, width_rel[index])  # (M, qh, qw, kw)
+    rel_h = _skewed(torch.matmul(qr, height_rel.t()), query_block, win, axis=1)  # (M, qh, qw, kh)
+    rel_w = _skewed(torch.matmul(qr, width_rel.t()), query_block, win, axis=2)  # (M, qh, qw, kw)
     grid = logits.view(m, query_block, query_block, win, win)
     grid.add_(rel_h.unsqueeze(-1)).add_(rel_w.unsqueeze(-2))
     if valid is not None:
@@ -176,9 +183,9 @@ def _halo_backward_torch(grad_out: torch.Tensor, out: torch.Tensor, q: torch.Ten
     valid = _valid_keys(h, w, nbh, nbw, block_size, halo_size, q.device) if mask_padding else None
     attn = _attention_probs(qb, kw, height_rel, width_rel, query_block, scale, scale_pos_embed, valid)
     dout = _to_blocks(grad_out, nbh, nbw, query_block)  # (M, qb**2, dv)
-    # Softmax backward needs rowsum(P * dP) = rowsum(dO * O): the small (M, qb**2, dv) product, not the logits one.
-    delta = (dout * _to_blocks(out, nbh, nbw, query_block)).sum(-1, keepdim=True)
-    grad_vw = torch.matmul(dout.transpose(1, 2), attn)  # (M, dv, win**2), channels first like F.fold wants
+    # Softmax backward needs rowsum(P * dP) = rowsum(dO * O): a reduction over the small maps, not the logits.
+    delta = _to_blocks((grad_out * out).sum(1, keepdim=True), nbh, nbw, query_block)  # (M, qb**2, 1)
+    grad_vw = torch.matmul(dout.transpose(1, 2), attn)  # (M, dv, win**2): channels first, for _fold_windows
     grad_logits = torch.matmul(dout, vw.transpose(1, 2)).sub_(delta).mul_(attn)  # (M, qb**2, win**2)
     del attn
     qs = qb * scale
@@ -188,13 +195,13 @@ def _halo_backward_torch(grad_out: torch.Tensor, out: torch.Tensor, q: torch.Ten
     grid = grad_logits.view(m, query_block, query_block, win, win)
     grad_h, grad_w = grid.sum(-1), grid.sum(-2)  # (M, qh, qw, kh), (M, qh, qw, kw)
     qr = (qs if scale_pos_embed else qb).view(m, query_block, query_block, d)
-    index = _rel_index(query_block, win, q.device)
-    grad_qr = (torch.einsum("mhwk,hkd->mhwd", grad_h, height_rel[index])
-               + torch.einsum("mhwk,wkd->mhwd", grad_w, width_rel[index]))
-    grad_height = torch.zeros_like(height_rel).index_put_(
-        (index,), torch.einsum("mhwk,mhwd->hkd", grad_h, qr), accumulate=True)
-    grad_width = torch.zeros_like(width_rel).index_put_(
-        (index,), torch.einsum("mhwk,mhwd->wkd", grad_w, qr), accumulate=True)
+    # Scatter the per-window-coordinate gradients back onto table rows (the adjoint of _skewed), then two GEMMs each.
+    grad_full_h, grad_full_w = (grad_h.new_zeros(m, query_block, query_block, 2 * win - 1) for _ in range(2))
+    _skewed(grad_full_h, query_block, win, axis=1).copy_(grad_h)
+    _skewed(grad_full_w, query_block, win, axis=2).copy_(grad_w)
+    grad_qr = torch.matmul(grad_full_h, height_rel).add_(torch.matmul(grad_full_w, width_rel))  # (M, qh, qw, d)
+    grad_height = grad_full_h.view(-1, 2 * win - 1).t() @ qr.reshape(-1, d)
+    grad_width = grad_full_w.view(-1, 2 * win - 1).t() @ qr.reshape(-1, d)
     grad_qb = grad_qs.mul_(scale).add_(grad_qr.reshape(m, -1, d), alpha=scale if scale_pos_embed else 1.0)
     grad_q = _from_blocks(grad_qb, bh, nbh, nbw, query_block, *q.shape[-2:])
     grad_k = _fold_windows(grad_kw, bh, h, w, nbh, nbw, block_size, halo_size)
