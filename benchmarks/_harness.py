@@ -6,7 +6,9 @@ the device and library versions it ran on; ``write_result`` also saves the table
 
 from __future__ import annotations
 
+import ctypes
 import datetime
+import gc
 import os
 import platform
 import statistics
@@ -46,15 +48,17 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def peak_memory_mb(fn: Callable[[], Any], device: torch.device | str = "cpu") -> float:
-    """Peak memory that ``fn()`` adds, in MiB.
+def peak_memory_mb(fn: Callable[[], Any], device: torch.device | str = "cpu", warmup: bool = True) -> float:
+    """Peak memory that one ``fn()`` adds, in MiB (after one warm-up call unless ``warmup=False``).
 
-    CUDA: ``torch.cuda.max_memory_allocated`` around the call. CPU: the process's high-water RSS (VmHWM) is reset
-    through ``/proc/self/clear_refs`` and compared with the RSS before the call, so every allocator (PyTorch's,
-    NumPy's, Python's) is counted. Large tensors are mmap'd and handed back to the OS when freed, so consecutive
-    measurements do not see each other's peaks. (A forked child would be cleaner but deadlocks in autograd's
-    backward after fork.)
+    CUDA: ``torch.cuda.max_memory_allocated`` around the call. CPU, in this process: free heap pages are handed
+    back to the OS (``malloc_trim``, else the call would reuse them unseen), the high-water RSS (VmHWM) is reset
+    through ``/proc/self/clear_refs``, and the peak is compared with the RSS before the call, so every allocator
+    (PyTorch's, NumPy's, Python's) is counted. The warm-up keeps one-time costs (library pages, caches) out.
+    (A forked child would isolate better, but libgomp and autograd deadlock after fork.)
     """
+    if warmup:
+        fn()
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -62,6 +66,8 @@ def peak_memory_mb(fn: Callable[[], Any], device: torch.device | str = "cpu") ->
         fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     Path("/proc/self/clear_refs").write_text("5")
     base = _status_kib("VmRSS")
     fn()
