@@ -42,6 +42,8 @@ _ATTN_BLOCK_N = 64
 # several key blocks.
 _KNN_TILE = {"gpu": (64, 64), "interpreter": (16, 16)}
 _KNN_NUM_WARPS = 4
+# Widest feature chunk of one k-NN score product: up to 128 features the queries stay in registers.
+_KNN_MAX_BLOCK_F = 128
 
 
 # ---------------------------------------------------------------------------------------------- kernels
@@ -164,7 +166,8 @@ def _topm_attn_bwd_kernel(g_ptr, q_ptr, k_ptr, v_ptr, idx_ptr, dq_ptr, dk_ptr, d
 @triton.jit
 def _topm_knn_kernel(q_ptr, k_ptr, bq_ptr, bk_ptr, first_ptr, last_ptr, out_ptr, num_q, num_k, feat, m,
                      s_qn, s_qf, s_kn, s_kf, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_F: tl.constexpr,
-                     BLOCK_M: tl.constexpr, DOT: tl.constexpr, DOT_ACC: tl.constexpr, PREC: tl.constexpr):
+                     BLOCK_M: tl.constexpr, ONE_CHUNK: tl.constexpr, DOT: tl.constexpr, DOT_ACC: tl.constexpr,
+                     PREC: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     qmask = rows < num_q
     rows64 = rows.to(tl.int64)
@@ -177,18 +180,26 @@ def _topm_knn_kernel(q_ptr, k_ptr, bq_ptr, bk_ptr, first_ptr, last_ptr, out_ptr,
     best_val = tl.full([BLOCK_Q, BLOCK_M], float("-inf"), DOT_ACC)
     best_idx = tl.full([BLOCK_Q, BLOCK_M], -1, tl.int32)
     f = tl.arange(0, BLOCK_F)
+    # With one feature chunk (ONE_CHUNK) the queries stay in registers for the whole key loop.
+    q_first = tl.load(q_ptr + rows64[:, None] * s_qn + f[None, :] * s_qf,
+                      mask=qmask[:, None] & (f < feat)[None, :], other=0.0).to(DOT)
     for k0 in range(lo, hi, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
         kmask = cols < hi
         cols64 = cols.to(tl.int64)
-        s = tl.zeros([BLOCK_Q, BLOCK_K], DOT_ACC)
-        for f0 in range(0, feat, BLOCK_F):
-            fmask = (f0 + f) < feat
-            qt = tl.load(q_ptr + rows64[:, None] * s_qn + (f0 + f)[None, :] * s_qf,
-                         mask=qmask[:, None] & fmask[None, :], other=0.0).to(DOT)
-            kt = tl.load(k_ptr + cols64[None, :] * s_kn + (f0 + f)[:, None] * s_kf,
-                         mask=kmask[None, :] & fmask[:, None], other=0.0).to(DOT)  # (BLOCK_F, BLOCK_K)
-            s += tl.dot(qt, kt, input_precision=PREC)
+        if ONE_CHUNK:
+            kt = tl.load(k_ptr + cols64[None, :] * s_kn + f[:, None] * s_kf,
+                         mask=kmask[None, :] & (f < feat)[:, None], other=0.0).to(DOT)  # (BLOCK_F, BLOCK_K)
+            s = tl.dot(q_first, kt, input_precision=PREC, out_dtype=DOT_ACC)
+        else:
+            s = tl.zeros([BLOCK_Q, BLOCK_K], DOT_ACC)
+            for f0 in range(0, feat, BLOCK_F):
+                fmask = (f0 + f) < feat
+                qt = tl.load(q_ptr + rows64[:, None] * s_qn + (f0 + f)[None, :] * s_qf,
+                             mask=qmask[:, None] & fmask[None, :], other=0.0).to(DOT)
+                kt = tl.load(k_ptr + cols64[None, :] * s_kn + (f0 + f)[:, None] * s_kf,
+                             mask=kmask[None, :] & fmask[:, None], other=0.0).to(DOT)
+                s += tl.dot(qt, kt, input_precision=PREC, out_dtype=DOT_ACC)
         bk = tl.load(bk_ptr + cols, mask=kmask, other=-1)
         s = tl.where((bq[:, None] == bk[None, :]) & kmask[None, :] & qmask[:, None], s, float("-inf"))
         worst = tl.min(tl.where(slot_ok, best_val, float("inf")), 1)
@@ -264,13 +275,16 @@ def topm_knn(query: Tensor, key: Tensor, m: int, batch_query: Tensor, batch_key:
     out = torch.full((num_q, m), -1, dtype=torch.long, device=query.device)
     if num_q == 0 or m == 0:
         return out
+    if num_k >= 2**31 - 1:
+        raise ValueError(f"key must have fewer than 2**31 - 1 rows (int32 positions), got {num_k}")
     # Key range of every graph id (ids are below max(N, S), checked by the op): no sort or host sync needed.
+    # int32 keeps every key position in the kernel one type (loop-carried values must not change type).
     graphs = max(num_q, num_k)
-    positions = torch.arange(num_k, device=key.device)
-    first = torch.full((graphs,), num_k, dtype=torch.long, device=key.device)
+    positions = torch.arange(num_k, dtype=torch.int32, device=key.device)
+    first = torch.full((graphs,), num_k, dtype=torch.int32, device=key.device)
     first.scatter_reduce_(0, batch_key, positions, "amin")
-    last = torch.zeros(graphs, dtype=torch.long, device=key.device).scatter_reduce_(0, batch_key, positions + 1,
-                                                                                     "amax")
+    last = torch.zeros(graphs, dtype=torch.int32, device=key.device).scatter_reduce_(0, batch_key, positions + 1,
+                                                                                      "amax")
     interpreting = _dispatch.triton_interpreting()
     block_q, block_k = _KNN_TILE["interpreter" if interpreting else "gpu"]
     feat = query.shape[1]
@@ -279,9 +293,10 @@ def topm_knn(query: Tensor, key: Tensor, m: int, batch_query: Tensor, batch_key:
     # bf16, so there they are upcast, and 'tf32' on upcast 16-bit values is exact too.
     acc = _acc(query.dtype)[1]
     dot = acc if high or interpreting else {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}[query.dtype]
+    block_f = max(16, min(_KNN_MAX_BLOCK_F, triton.next_power_of_2(feat)))
     _topm_knn_kernel[(triton.cdiv(num_q, block_q),)](
         query, key, batch_query.contiguous(), batch_key.contiguous(), first, last, out, num_q, num_k, feat, m,
-        *query.stride(), *key.stride(), BLOCK_Q=block_q, BLOCK_K=block_k,
-        BLOCK_F=max(16, min(64, triton.next_power_of_2(feat))), BLOCK_M=max(2, triton.next_power_of_2(m)),
-        DOT=dot, DOT_ACC=acc, PREC="ieee" if high else "tf32", num_warps=_KNN_NUM_WARPS)
+        *query.stride(), *key.stride(), BLOCK_Q=block_q, BLOCK_K=block_k, BLOCK_F=block_f,
+        BLOCK_M=max(2, triton.next_power_of_2(m)), ONE_CHUNK=feat <= block_f, DOT=dot, DOT_ACC=acc,
+        PREC="ieee" if high else "tf32", num_warps=_KNN_NUM_WARPS)
     return out

@@ -119,7 +119,7 @@ def knn_case(num_q, num_k, feat, graphs, seed, shuffle=False, dtype=torch.float3
 
 @pytest.mark.parametrize(("num_q", "num_k", "feat", "graphs", "m", "shuffle"), [
     (45, 50, 9, 3, 5, False),  # several query and key blocks per graph, graphs straddle block borders
-    (37, 41, 70, 2, 7, True),  # unsorted graph ids (key ranges overlap), features over two BLOCK_F chunks
+    (37, 41, 150, 2, 7, True),  # unsorted graph ids (key ranges overlap), features over two BLOCK_F chunks
     (33, 30, 6, 5, 12, False),  # m above some graph sizes: -1 padding; one graph id has queries only
 ])
 def test_knn_matches_reference(num_q, num_k, feat, graphs, m, shuffle):
@@ -147,10 +147,14 @@ def test_knn_empty_graphs_and_ties_go_to_lower_index():
     assert got[0, :3].tolist() == [2, 7, 9]
 
 
-def test_knn_float64_and_bipartite_sizes():
-    query, key, batch_q, batch_k = knn_case(20, 8, 5, 2, seed=4, dtype=torch.float64)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_knn_float64_bfloat16_and_bipartite_sizes(dtype):
+    """fp64 scores in fp64; bf16 products are exact and summed in fp32, i.e. the fp32 search on the bf16 values."""
+    query, key, batch_q, batch_k = knn_case(20, 8, 5, 2, seed=4, dtype=dtype)
     got = topm_knn(query, key, 6, batch_q, batch_k, backend="triton")
-    torch.testing.assert_close(got, topm_knn_reference(query, key, 6, batch_q, batch_k), rtol=0, atol=0)
+    exact = torch.float64 if dtype == torch.float64 else torch.float32
+    expected = topm_knn_reference(query.to(exact), key.to(exact), 6, batch_q, batch_k)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
 def test_layer_knn_mode_triton_matches_torch():
