@@ -25,7 +25,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-__all__ = ["compare_with_manifest", "data_config", "evaluate", "model_in_chans", "register_evaluator"]
+__all__ = ["compare_with_manifest", "data_config", "evaluate", "graph_for_dataset", "model_in_chans", "node_accuracy",
+           "parse_dataset", "register_evaluator"]
 
 Evaluator = Callable[[nn.Module, Any, dict[str, str], dict[str, Any]], dict[str, float]]
 _EVALUATORS: dict[str, Evaluator] = {}
@@ -81,7 +82,7 @@ def data_config(model: nn.Module, image_size: int | None = None, cfg: dict[str, 
             "std": per_channel(cfg.get("std", IMAGENET_DEFAULT_STD))}
 
 
-def _parse_dataset(dataset: str) -> tuple[str, dict[str, str]]:
+def parse_dataset(dataset: str) -> tuple[str, dict[str, str]]:
     """'fashion-mnist-knn:k=10,split=test' -> ('fashion-mnist-knn', {'k': '10', 'split': 'test'})."""
     base, _, rest = dataset.partition(":")
     args = {}
@@ -112,7 +113,8 @@ def _fashion_mnist(model: nn.Module, record: Any, args: dict[str, str], options:
 
 
 @torch.no_grad()
-def _node_accuracy(model: nn.Module, data: Any, device: torch.device | str | None) -> dict[str, float]:
+def node_accuracy(model: nn.Module, data: Any, device: torch.device | str | None = None) -> dict[str, float]:
+    """Node-classification accuracy (percent) of ``model(data.x, data.edge_index)`` on ``data.test_mask``."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.eval().to(device)
     data = data.to(device)
@@ -121,23 +123,31 @@ def _node_accuracy(model: nn.Module, data: Any, device: torch.device | str | Non
     return {"accuracy": 100.0 * (pred[mask] == data.y[mask]).float().mean().item()}
 
 
+def graph_for_dataset(dataset: str, root: str | os.PathLike | None = None) -> Any:
+    """The PyG graph a graph checkpoint's ``dataset`` string names (see the module docstring)."""
+    base, args = parse_dataset(dataset)
+    if base == "karateclub" and not args:
+        from attnzoo.data.graphs import karate_club
+
+        return karate_club()
+    if base == "fashion-mnist-knn":
+        from attnzoo.data.graphs import fashion_mnist_knn_graph
+
+        kwargs: dict[str, Any] = {"root": root}
+        for key, value in args.items():
+            if key not in ("split", "k", "num_nodes", "seed"):
+                raise ValueError(f"dataset {dataset!r}: unknown fashion-mnist-knn argument {key!r} "
+                                 "(expected split, k, num_nodes, seed)")
+            kwargs[key] = value if key == "split" else int(value)
+        return fashion_mnist_knn_graph(**kwargs)
+    raise ValueError(f"dataset {dataset!r} is not a graph this module builds: 'karateclub' or "
+                     "'fashion-mnist-knn[:split=...,k=...,num_nodes=...,seed=...]'")
+
+
 @register_evaluator("karateclub")
-def _karate(model: nn.Module, record: Any, args: dict[str, str], options: dict[str, Any]) -> dict[str, float]:
-    from attnzoo.data.graphs import karate_club
-
-    return _node_accuracy(model, karate_club(), options["device"])
-
-
 @register_evaluator("fashion-mnist-knn")
-def _fmnist_knn(model: nn.Module, record: Any, args: dict[str, str], options: dict[str, Any]) -> dict[str, float]:
-    from attnzoo.data.graphs import fashion_mnist_knn_graph
-
-    kwargs: dict[str, Any] = {"root": options["root"]}
-    for key, value in args.items():
-        if key not in ("split", "k", "num_nodes", "seed"):
-            raise ValueError(f"{record.name}: unknown fashion-mnist-knn argument {key!r} in {record.dataset!r}")
-        kwargs[key] = value if key == "split" else int(value)
-    return _node_accuracy(model, fashion_mnist_knn_graph(**kwargs), options["device"])
+def _graph(model: nn.Module, record: Any, args: dict[str, str], options: dict[str, Any]) -> dict[str, float]:
+    return node_accuracy(model, graph_for_dataset(record.dataset, options["root"]), options["device"])
 
 
 def evaluate(name: str, root: str | os.PathLike | None = None, batch_size: int = 256,
@@ -156,7 +166,7 @@ def evaluate(name: str, root: str | os.PathLike | None = None, batch_size: int =
 
     arch, tag = split_name(name)
     record = hub.find_record(arch, tag)
-    base, args = _parse_dataset(record.dataset)
+    base, args = parse_dataset(record.dataset)
     if base not in _EVALUATORS:
         raise ValueError(f"{record.name} was trained on {record.dataset!r}, which has no evaluator; registered: "
                          f"{sorted(_EVALUATORS)} (attnzoo.evaluation.register_evaluator adds one)")

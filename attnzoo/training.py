@@ -46,6 +46,7 @@ __all__ = [
     "top1_accuracy",
     "train_classifier",
     "train_segmenter",
+    "write_metrics_csv",
 ]
 
 METRIC_FIELDS = ("epoch", "step", "lr", "train_loss", "val_loss", "val_top1", "val_dice", "val_iou", "elapsed_s")
@@ -222,8 +223,9 @@ def _warmup_cosine(total_steps: int, warmup: float) -> Callable[[int], float]:
     return factor
 
 
-def _write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    with path.open("w", newline="") as fh:
+def write_metrics_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
+    """Write a run's history (dicts with keys from METRIC_FIELDS; missing ones stay empty) as CSV."""
+    with Path(path).open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=METRIC_FIELDS, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
@@ -257,7 +259,8 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | Path | None = Non
             axes[1].plot([r["step"] for r in points], [r[key] for r in points], "o-", label=key.removeprefix("val_"))
     axes[1].set_xlabel("step")
     axes[1].set_ylabel("validation metric (%)")
-    axes[1].legend()
+    if points_drawn := axes[1].get_legend_handles_labels()[0]:
+        axes[1].legend(handles=points_drawn)
     if title:
         fig.suptitle(title)
     if path is not None:
@@ -385,7 +388,7 @@ def _fit(objective: _Objective, model: nn.Module, train_ds: Dataset, val_ds: Dat
                 shown = ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if k != "images_per_s")
                 tqdm.write(f"epoch {epoch + 1}/{epochs}: {shown}")
         if out is not None:
-            _write_csv(history, out / "metrics.csv")
+            write_metrics_csv(history, out / "metrics.csv")
     result = TrainResult(metrics=metrics, history=history, steps=step, seconds=time.perf_counter() - start)
     if out is not None:
         result.csv_path = out / "metrics.csv"

@@ -87,11 +87,22 @@ def test_evaluate_karateclub_accuracy(hub_dir):
     assert evaluation.evaluate("tangnn.tiny", progress=False) == {"accuracy": accuracy}
 
 
+def test_graph_for_dataset(root):
+    data = evaluation.graph_for_dataset("fashion-mnist-knn:split=test,k=3,num_nodes=20,seed=1", root=root)
+    assert data.x.shape == (20, 784) and data.edge_index.shape == (2, 60)
+    assert int(data.train_mask.sum()) == 12 and int(data.test_mask.sum()) == 4
+    assert evaluation.graph_for_dataset("karateclub").num_nodes == 34
+    with pytest.raises(ValueError, match="unknown fashion-mnist-knn argument 'radius'"):
+        evaluation.graph_for_dataset("fashion-mnist-knn:radius=2", root=root)
+    with pytest.raises(ValueError, match="not a graph"):
+        evaluation.graph_for_dataset("cora")
+
+
 def test_evaluation_dataset_strings_and_errors(hub_dir):
-    assert evaluation._parse_dataset("fashion-mnist-knn:split=test, k=5") == ("fashion-mnist-knn",
+    assert evaluation.parse_dataset("fashion-mnist-knn:split=test, k=5") == ("fashion-mnist-knn",
                                                                                {"split": "test", "k": "5"})
     with pytest.raises(ValueError, match="not key=value"):
-        evaluation._parse_dataset("fashion-mnist-knn:k5")
+        evaluation.parse_dataset("fashion-mnist-knn:k5")
     publish(tiny_classifier(), "ela_resnet18.elsewhere", hub_dir, {"top1": 1.0}, "my-private-set")
     with pytest.raises(ValueError, match="'my-private-set', which has no evaluator"):
         evaluation.evaluate("ela_resnet18.elsewhere")

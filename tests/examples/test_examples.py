@@ -179,3 +179,16 @@ def test_finetune_ddp_two_cpu_ranks_end_identical(published, image_folder, tmp_p
     start = load_file(hub_dir / name / "model.safetensors")
     assert not torch.equal(rank0["patch_embed.proj.weight"], start["patch_embed.proj.weight"])  # it trained
     assert (tmp_path / "out" / "model.safetensors").is_file() and (tmp_path / "out" / "metrics.csv").is_file()
+
+
+def test_train_tangnn_on_karateclub_reproduced_by_eval(tmp_path, monkeypatch):
+    from attnzoo.evaluation import evaluate
+
+    run = load_example("train_tangnn").main(["--out", str(tmp_path / "ckpt"), "--smoke", "--hidden", "8"])
+    assert [r["epoch"] for r in run["history"]] == [1, 2, 3, 4, 5]
+    assert (tmp_path / "ckpt" / "curves.png").is_file() and (tmp_path / "ckpt" / "metrics.csv").is_file()
+    monkeypatch.setattr(hub, "embedded_dir", lambda: None)
+    monkeypatch.setenv("ATTNZOO_HUB_DIR", str(tmp_path / "hub"))
+    (tmp_path / "hub").mkdir()
+    hub.publish("tangnn.karate", tmp_path / "ckpt", tmp_path / "hub")
+    assert evaluate("tangnn.karate", progress=False) == run["metrics"]

@@ -1,0 +1,135 @@
+"""Fashion-MNIST checkpoints under ONE recipe: attention variants compared honestly, then saved for the hub.
+
+Every run goes through examples/train_fmnist.py (AdamW + warm-up/cosine, flip/shift augmentation, seed 0,
+28x28 grey input normalised with the training statistics, the test split as validation), with the same number
+of optimiser steps for every classification row. Rows:
+
+- ResNet-18 backbone narrowed to widths 16-32-64-128 (timm's ResNet, 7x7 stem): without attention, with timm's
+  SE, with timm's ``'ela'`` (EfficientLocalAttn), and attnzoo's ``ela_resnet18`` (ELA-B behind the authors'
+  local residual), all in the same block slot;
+- ``ulsam_mobilenetv2_100`` (weights stored in float16 to fit 4 MiB);
+- ``ninformer_cifar`` adapted to 28x28 x 1 channel (4x4 patches: 49 tokens), d=128, d_ffn=256;
+- MK-UNet T / S / base on the silhouette segmentation task (Dice, IoU).
+
+MACs are attnzoo.profiling.count_macs at 1x1x28x28 (modules as ptflops counts them; work inside custom ops and
+functional matmuls is not counted). Images/s: forward of a batch of 256 in eval mode, median of 5, on this CPU.
+Checkpoints of registered models go to ``--out/<name>`` (``attnzoo publish NAME.fmnist --from DIR --to weights/``).
+
+    python benchmarks/fmnist_classification.py --out /tmp/az_ckpt
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+from _harness import threads_from_env, time_ms, write_result  # noqa: E402
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+NARROW = {"channels": [16, 32, 64, 128]}
+# (row label, --model, --model-kwargs, extra train_fmnist flags)
+RUNS: list[tuple[str, str, dict[str, Any], list[str]]] = [
+    ("resnet18 (no attention)", "timm:resnet18", NARROW, []),
+    ("resnet18 + SE (timm)", "timm:resnet18", {**NARROW, "block_args": {"attn_layer": "se"}}, []),
+    ("resnet18 + 'ela' (timm)", "timm:resnet18", {**NARROW, "block_args": {"attn_layer": "ela"}}, []),
+    ("ela_resnet18 (attnzoo ELA-B)", "ela_resnet18", NARROW, []),
+    ("ulsam_mobilenetv2_100", "ulsam_mobilenetv2_100", {}, ["--save-dtype", "float16"]),
+    ("ninformer_cifar (28x28, d=128)", "ninformer_cifar", {"img_size": 28, "embed_dim": 128, "d_ffn": 256}, []),
+    ("mkunet_t", "mkunet_t", {}, ["--in-chans", "3"]),
+    ("mkunet_s", "mkunet_s", {}, ["--in-chans", "3"]),
+    ("mkunet", "mkunet", {}, ["--in-chans", "3"]),
+]
+
+
+def _train_fmnist():
+    spec = importlib.util.spec_from_file_location("train_fmnist", EXAMPLES / "train_fmnist.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _folder(model: str, kwargs: dict[str, Any]) -> str:
+    if not model.startswith("timm:"):
+        return model
+    attn = kwargs.get("block_args", {}).get("attn_layer", "plain")
+    return f"{model.removeprefix('timm:')}_{attn}"
+
+
+@torch.no_grad()
+def _speed(model: torch.nn.Module, in_chans: int, side: int) -> tuple[int, float]:
+    from attnzoo.profiling import count_macs
+
+    model.eval()
+    macs = int(count_macs(model, torch.randn(1, in_chans, side, side)))
+    batch = torch.randn(256, in_chans, side, side)
+    return macs, 256 / (time_ms(lambda: model(batch), "cpu", warmup=1, repeat=5) / 1e3)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("/tmp/az_ckpt"))
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--train-subset", type=int, default=12_800,
+                        help="train on this many images (a seeded subset; 0 = all 60,000)")
+    parser.add_argument("--seg-subset", type=int, default=6_400, help="the same for the segmentation rows")
+    parser.add_argument("--only", nargs="*", default=None, help="row models to run (default: all)")
+    parser.add_argument("--max-steps", type=int, default=None, help="cap the steps (timing runs)")
+    parser.add_argument("--no-write", action="store_true", help="print only, do not write benchmarks/results")
+    args = parser.parse_args()
+    threads_from_env()
+    train_fmnist = _train_fmnist()
+    classification, segmentation = [], []
+    for label, model, kwargs, extra in RUNS:
+        if args.only and model not in args.only and _folder(model, kwargs) not in args.only:
+            continue
+        out = args.out / _folder(model, kwargs)
+        argv = ["--model", model, "--model-kwargs", json.dumps(kwargs), "--epochs", str(args.epochs),
+                "--out", str(out), *extra]
+        if args.max_steps:
+            argv += ["--max-steps", str(args.max_steps)]
+        subset = args.seg_subset if model.startswith("mkunet") else args.train_subset
+        if subset:
+            argv += ["--train-subset", str(subset)]
+        if model.startswith("mkunet"):
+            argv += ["--batch-size", "64"]
+        run = train_fmnist.main(argv)
+        in_chans = 3 if "--in-chans" in extra else 1
+        macs, speed = _speed(run["model"], in_chans, run["image_size"])
+        row = {"model": label, "params": run["params"], "MMACs": macs / 1e6, "images/s": speed,
+               "checkpoint MiB": run["size_bytes"] / 2**20, "train s": run["train_seconds"], "folder": str(out)}
+        if run["task"] == "classification":
+            classification.append({"model": label, "top-1 %": run["metrics"]["top1"], **row})
+        else:
+            segmentation.append({"model": label, "Dice %": run["metrics"]["dice"], "IoU %": run["metrics"]["iou"],
+                                 **row})
+    seen = lambda n: "all 60,000" if not n else f"a seeded {n:,}-image subset of the 60,000"
+    notes = (f"One recipe for every row: {args.epochs} epoch(s) over {seen(args.train_subset)} training images "
+             f"(segmentation: {seen(args.seg_subset)}, batch 64, BCE + soft Dice), AdamW (lr 2e-3, weight decay "
+             "0.05 classification / 0.01 segmentation, 5% warm-up then cosine), batch 128, random flip + shift by "
+             "up to 2 px, seed 0, 28x28 input normalised with the training statistics; the 10,000 test images are "
+             "the validation set and give the numbers above. The budget is small on purpose (each run a few "
+             "minutes on a shared 2-core CPU): the numbers compare variants under equal compute, they are not "
+             "converged accuracies. Images/s and train seconds were measured while other jobs shared the CPU and "
+             "are indicative only. MMACs count modules (ptflops convention), not the work inside custom ops "
+             "(ELA's fused gate) or functional matmuls.")
+    sections = [(heading, rows) for heading, rows in (
+        ("Classification (top-1 on the test split)", classification),
+        ("Silhouette segmentation (mean per-image Dice / IoU)", segmentation)) if rows]
+    if args.no_write:
+        from _harness import markdown_table
+
+        for heading, rows in sections:
+            print(f"## {heading}\n\n{markdown_table(rows)}\n")
+        return
+    write_result("fmnist_classification", "Fashion-MNIST: attention variants under one recipe", sections, notes)
+
+
+if __name__ == "__main__":
+    main()
