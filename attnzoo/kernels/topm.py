@@ -235,14 +235,22 @@ def topm_knn(query: Tensor, key: Tensor, m: int, batch: Tensor | None = None, ba
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _distinct_rows(index: Tensor) -> Tensor:
+    """``index[:1]`` when every row is the same view of one candidate set (``expand``: row stride 0, as
+    :func:`score_candidates` returns for one graph), else ``index``. Gathering one row instead of N and letting
+    ``einsum`` broadcast it keeps 'aux' mode at O(N·m·H) memory rather than O(N·m·H·D)."""
+    return index[:1] if index.size(0) > 1 and index.stride(0) == 0 else index
+
+
 def topm_attention_weights(query: Tensor, key: Tensor, index: Tensor, scale: float) -> Tensor:
     """Softmax weights of every query over its candidates; empty slots (``index == -1``) get exactly 0.
 
     Shapes:
         query ``[N, H, D]``, key ``[S, H, D]``, index ``[N, m]`` -> weights ``[N, m, H]``.
     """
-    valid = (index >= 0).unsqueeze(-1)  # [N, m, 1]
-    k = key[index.clamp(min=0)]  # [N, m, H, D]
+    index = _distinct_rows(index)  # [N or 1, m]
+    valid = (index >= 0).unsqueeze(-1)  # [N or 1, m, 1]
+    k = key[index.clamp(min=0)]  # [N or 1, m, H, D]
     logits = torch.einsum("nhd,nmhd->nmh", query, k) * scale  # [N, m, H]
     # A finite fill (not -inf) keeps an all-empty row NaN-free: its uniform weights are zeroed by `valid`.
     logits = logits.masked_fill(~valid, torch.finfo(logits.dtype).min)
@@ -265,7 +273,7 @@ def topm_attention_reference(query: Tensor, key: Tensor, value: Tensor, index: T
     outs = []
     for rows in _row_chunks(query.size(0)):
         weights = topm_attention_weights(query[rows], key, index[rows], scale)  # [n, m, H]
-        v = value[index[rows].clamp(min=0)]  # [n, m, H, C]
+        v = value[_distinct_rows(index[rows]).clamp(min=0)]  # [n or 1, m, H, C]
         outs.append(torch.einsum("nmh,nmhc->nhc", weights, v))
     if not outs:
         return value.new_zeros(0, value.size(1), value.size(2))
@@ -286,15 +294,19 @@ def topm_attention_backward_reference(grad_out: Tensor, query: Tensor, key: Tens
     grad_q, grad_k, grad_v = torch.zeros_like(query), torch.zeros_like(key), torch.zeros_like(value)
     for rows in _row_chunks(query.size(0)):
         q, g_out = query[rows], grad_out[rows]  # [n, H, D], [n, H, C]
-        safe = index[rows].clamp(min=0)  # [n, m]; empty slots carry zero weight, so their gradients vanish
+        # [n or 1, m]; empty slots carry zero weight, so their gradients vanish
+        safe = _distinct_rows(index[rows]).clamp(min=0)
         weights = topm_attention_weights(q, key, index[rows], scale)  # [n, m, H]
-        k, v = key[safe], value[safe]  # [n, m, H, D], [n, m, H, C]
+        k, v = key[safe], value[safe]  # [n or 1, m, H, D], [n or 1, m, H, C]
         grad_w = torch.einsum("nhc,nmhc->nmh", g_out, v)  # [n, m, H]
         grad_logits = weights * (grad_w - (weights * grad_w).sum(1, keepdim=True)) * scale  # softmax backward
         grad_q[rows] = torch.einsum("nmh,nmhd->nhd", grad_logits, k)
-        flat = safe.reshape(-1)  # [n*m]
-        grad_k.index_add_(0, flat, torch.einsum("nmh,nhd->nmhd", grad_logits, q).flatten(0, 1))
-        grad_v.index_add_(0, flat, torch.einsum("nmh,nhc->nmhc", weights, g_out).flatten(0, 1))
+        # A shared candidate set sums its key/value gradients over the queries before the scatter.
+        per_row = "" if safe.size(0) == 1 and q.size(0) > 1 else "n"
+        flat = safe.reshape(-1)  # [(n or 1)*m]
+        grad_k.index_add_(0, flat, torch.einsum(f"nmh,nhd->{per_row}mhd", grad_logits, q).reshape(-1, *key.shape[1:]))
+        grad_v.index_add_(0, flat, torch.einsum(f"nmh,nhc->{per_row}mhc", weights, g_out).reshape(-1,
+                                                                                                 *value.shape[1:]))
     return grad_q, grad_k, grad_v
 
 

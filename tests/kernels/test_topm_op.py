@@ -90,6 +90,23 @@ def test_query_chunking_changes_nothing(monkeypatch):
         torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
 
 
+def test_shared_candidate_set_path_matches_per_row_path():
+    """One expanded candidate row (one graph in 'aux' mode) takes a broadcast path; it must equal the gather."""
+    q, k, v = (t.requires_grad_() for t in _qkv(n=7, s=7))
+    shared = torch.tensor([[5, 0, -1, 3]]).expand(7, 4)  # row stride 0
+    copied = shared.contiguous()
+    outs, grads = [], []
+    for index in (shared, copied):
+        out = topm_attention(q, k, v, index, backend="torch")
+        outs.append(out)
+        grads.append(torch.autograd.grad(out.square().sum(), (q, k, v)))
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-12, atol=1e-12)
+    for g, e in zip(grads[0], grads[1], strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(outs[0], _dense_masked_attention(q, k, v, copied, 3 ** -0.5), rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda q, k, v: topm_attention(q, k, v, shared, backend="torch"), (q, k, v))
+
+
 def test_opcheck_custom_ops():
     q, k, v = (t.requires_grad_() for t in _qkv(dtype=torch.float32))
     index = score_candidates(torch.randn(9), 3, BATCH).contiguous()
