@@ -23,7 +23,7 @@ import csv
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,28 +139,36 @@ def _check_output(out: Any, what: str) -> torch.Tensor:
     return out
 
 
+def _eval_outputs(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device | str | None,
+                  progress: bool, what: str) -> Iterator[tuple[torch.Tensor, torch.Tensor, float]]:
+    """(outputs, targets, forward seconds) per batch of ``model`` in eval mode; the training flag is restored."""
+    device = torch.device(device) if device is not None else _default_device(model)
+    was_training = model.training
+    model.eval().to(device)
+    try:
+        for inputs, targets in tqdm(DataLoader(dataset, batch_size=batch_size, shuffle=False), desc="eval",
+                                    disable=not progress, leave=False):
+            inputs, targets = inputs.to(device), targets.to(device)
+            start = time.perf_counter()
+            out = _check_output(model(inputs), what)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            yield out.float(), targets, time.perf_counter() - start
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def evaluate_classifier(model: nn.Module, dataset: Dataset, batch_size: int = 256, device: torch.device | str |
                         None = None, progress: bool = False) -> dict[str, float]:
     """Top-1 (percent), mean cross-entropy and images/s of ``model`` in eval mode over ``dataset``."""
-    device = torch.device(device) if device is not None else _default_device(model)
-    was_training = model.training
-    model.eval().to(device)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     correct = seen = 0
-    loss_sum = 0.0
-    compute_s = 0.0
-    for images, labels in tqdm(loader, desc="eval", disable=not progress, leave=False):
-        images, labels = images.to(device), labels.to(device)
-        start = time.perf_counter()
-        logits = _check_output(model(images), "classification")
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        compute_s += time.perf_counter() - start
-        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").item()
+    loss_sum = compute_s = 0.0
+    for logits, labels, seconds in _eval_outputs(model, dataset, batch_size, device, progress, "classification"):
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
         correct += (logits.argmax(1) == labels).sum().item()
         seen += labels.numel()
-    model.train(was_training)
+        compute_s += seconds
     if seen == 0:
         raise ValueError("evaluate_classifier got an empty dataset")
     return {"top1": 100.0 * correct / seen, "loss": loss_sum / seen, "images_per_s": seen / max(compute_s, 1e-9)}
@@ -170,21 +178,14 @@ def evaluate_classifier(model: nn.Module, dataset: Dataset, batch_size: int = 25
 def evaluate_segmenter(model: nn.Module, dataset: Dataset, batch_size: int = 128, device: torch.device | str |
                        None = None, progress: bool = False) -> dict[str, float]:
     """Mean per-image Dice and IoU (percent) and the mean training loss of ``model`` over ``dataset``."""
-    device = torch.device(device) if device is not None else _default_device(model)
-    was_training = model.training
-    model.eval().to(device)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     dice_sum = iou_sum = loss_sum = 0.0
     seen = 0
-    for images, masks in tqdm(loader, desc="eval", disable=not progress, leave=False):
-        images, masks = images.to(device), masks.to(device)
-        logits = _check_output(model(images), "segmentation").float()
+    for logits, masks, _ in _eval_outputs(model, dataset, batch_size, device, progress, "segmentation"):
         dice, iou = dice_iou(_binarise(logits), masks[:, 0] > 0.5)
         dice_sum += dice.sum().item()
         iou_sum += iou.sum().item()
         loss_sum += _segmentation_loss(logits, masks).item() * masks.shape[0]
         seen += masks.shape[0]
-    model.train(was_training)
     if seen == 0:
         raise ValueError("evaluate_segmenter got an empty dataset")
     return {"dice": dice_sum / seen, "iou": iou_sum / seen, "loss": loss_sum / seen}
