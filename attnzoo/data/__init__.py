@@ -1,4 +1,8 @@
-"""Dataset helpers: Fashion-MNIST (classification and foreground segmentation), graph sets, multi-view scenes."""
+"""Dataset helpers: Fashion-MNIST (classification and foreground segmentation), graph sets, multi-view scenes.
+
+``attnzoo.data.fashion_mnist`` is the function (the public name the docs use), which hides the submodule of the
+same name as an attribute: import the module's other names with ``from attnzoo.data.fashion_mnist import ...``.
+"""
 
 from attnzoo.data.fashion_mnist import (
     FMNIST_MEAN,
@@ -7,6 +11,7 @@ from attnzoo.data.fashion_mnist import (
     FashionMNISTSegmentation,
     fashion_mnist,
     fashion_mnist_segmentation,
+    fmnist_cfg,
     fmnist_transform,
 )
 
@@ -17,5 +22,6 @@ __all__ = [
     "FashionMNISTSegmentation",
     "fashion_mnist",
     "fashion_mnist_segmentation",
+    "fmnist_cfg",
     "fmnist_transform",
 ]
