@@ -6,7 +6,8 @@
    (forward only, batch 256).
 2. One of them (the best with ELA/ULSAM gates, else the best) is fine-tuned for one epoch on a seeded
    5,000-image subset of the training split with the shared recipe (progress bar, CSV log), and re-evaluated.
-3. ``demo.png`` shows the fine-tuning curves and the model's attention maps over a test image.
+3. ``demo.png`` shows the fine-tuning curves and the model's attention maps over a test image; the table is also
+   written as markdown to ``demo_table.md`` (both in ``out_dir``).
 
 Until checkpoints are published, the demo builds every registered model instead, runs one forward pass on a
 small random input of its task (image, graph or multi-view scene) and prints a table (model, task,
@@ -31,8 +32,11 @@ GRAPH_KWARGS = dict(in_channels=16, hidden_channels=16, num_layers=2, out_channe
 IMAGE_SIDE = 64
 
 
-def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Rows of dicts as an aligned plain-text table (floats with 2 decimals, ints with thousands separators)."""
+def format_table(rows: Sequence[dict[str, Any]], markdown: bool = False) -> str:
+    """Rows of dicts as an aligned table (floats with 2 decimals, ints with thousands separators).
+
+    Plain text for the terminal, or a markdown table (``markdown=True``) for the README.
+    """
     if not rows:
         return "(no rows)"
 
@@ -46,10 +50,14 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     keys = list(rows[0])
     cells = [[cell(r.get(k)) for k in keys] for r in rows]
     widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
-    lines = ["  ".join(k.ljust(w) for k, w in zip(keys, widths, strict=True)),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
-    return "\n".join(lines)
+    sep, edge = (" | ", "| ") if markdown else ("  ", "")
+
+    def line(values: Sequence[str]) -> str:
+        text = edge + sep.join(v.ljust(w) for v, w in zip(values, widths, strict=True))
+        return text + " |" if markdown else text
+
+    rule = [("-" * w) for w in widths]
+    return "\n".join([line(keys), line(rule), *(line(row) for row in cells)])
 
 
 def _params(model: nn.Module) -> int:
@@ -193,6 +201,13 @@ def fine_tune(name: str, out_dir: str | os.PathLike, root: str | os.PathLike | N
     return {"model": name, "before": before, "after": result.metrics["top1"], "result": result, "png": png}
 
 
+def _write_table(out_dir: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> Path:
+    path = Path(out_dir) / "demo_table.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(format_table(rows, markdown=True) + "\n")
+    return path
+
+
 def run_demo(out_dir: str | os.PathLike = "demo_out", root: str | os.PathLike | None = None, subset: int = 5000,
              progress: bool = True) -> dict[str, Any]:
     """The demo (see the module docstring); returns the tables and the fine-tuning summary it printed."""
@@ -204,10 +219,12 @@ def run_demo(out_dir: str | os.PathLike = "demo_out", root: str | os.PathLike | 
               "forward pass on random input instead.")
         rows = forward_every_model(progress=progress)
         print(format_table(rows))
+        _write_table(out_dir, rows)
         return {"forward": rows}
     print(f"Evaluating {len(names)} published classifiers on the Fashion-MNIST test split (10,000 images)")
     rows = evaluate_checkpoints(names, root, progress)
     print(format_table(rows))
+    _write_table(out_dir, rows)
     ranked = sorted(rows, key=lambda r: -r["top1"])
     gated = [r["model"] for r in ranked if "gate" in r["attention"]]
     choice = (gated or [ranked[0]["model"]])[0]

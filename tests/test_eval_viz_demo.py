@@ -166,6 +166,7 @@ def test_viz_main_writes_png_for_fmnist_index_and_file(root, hub_dir, tmp_path):
 def test_format_table_and_forward_every_model():
     assert demo.format_table([{"model": "a", "params": 1234, "ms": 1.5}, {"model": "bb", "params": 5, "ms": None}]) \
         == "model  params  ms  \n-----  ------  ----\na      1,234   1.50\nbb     5           "
+    assert demo.format_table([{"a": 1.0, "bb": "x"}], markdown=True) == "| a    | bb |\n| ---- | -- |\n| 1.00 | x  |"
     rows = demo.forward_every_model(["mkunet_t", "tangnn", "ninformer_cifar"], progress=False)
     assert [(r["task"], r["output"]) for r in rows] == [("segmentation", "1x1x64x64"), ("graph", "64x4"),
                                                          ("classification", "1x10")]
@@ -183,10 +184,13 @@ def test_run_demo_evaluates_fine_tunes_and_draws(root, hub_dir, tmp_path):
     tuned = result["fine_tuned"]
     assert tuned["before"] == pytest.approx(top1) and tuned["result"].steps == 1
     assert tuned["png"].read_bytes()[:4] == b"\x89PNG" and (tmp_path / "demo" / "finetune" / "metrics.csv").is_file()
+    assert (tmp_path / "demo" / "demo_table.md").read_text().startswith("| model ")
 
 
 def test_run_demo_without_checkpoints_falls_back_to_forward_passes(hub_dir, monkeypatch, capsys):
     calls = []
     monkeypatch.setattr(demo, "forward_every_model", lambda progress: calls.append(progress) or [{"model": "x"}])
-    assert demo.run_demo(progress=False) == {"forward": [{"model": "x"}]} and calls == [False]
+    out = Path(hub_dir.parent / "demo")
+    assert demo.run_demo(out, progress=False) == {"forward": [{"model": "x"}]} and calls == [False]
+    assert (out / "demo_table.md").read_text() == "| model |\n| ----- |\n| x     |\n"
     assert "No published classification checkpoints" in capsys.readouterr().out
