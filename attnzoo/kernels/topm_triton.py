@@ -4,8 +4,9 @@ TANGNN ("TANGNN: a Concise, Scalable and Effective Graph Neural Networks with To
 Representation Learning", https://arxiv.org/abs/2411.15458). The op boundary, the layouts and the PyTorch references
 live in :mod:`attnzoo.kernels.topm`; this module holds only the kernels and their launchers.
 
-Attention. A program owns ``BLOCK_N`` queries of one head and walks their m candidate slots: each slot is a gathered
-key row and value row per query, so the logits are row dot products (no tile is shared between queries, hence no
+Attention. A program owns ``BLOCK_N`` queries with all their heads and walks their m candidate slots: each slot is
+one gathered ``H x D`` key row and ``H x C`` value row per query (the index is read once for all heads, and a row is
+one contiguous read), so the logits are per-head row dot products (no tile is shared between queries, hence no
 ``tl.dot``). The softmax is the online (running max / running sum) one of flash attention, in fp32; an empty slot
 (index -1) is excluded and an all-empty row gives 0, as in the reference. The backward recomputes the logits twice
 (the op saves no log-sum-exp): the first pass yields the row max, the sum and ``delta = sum_r p_r (dO·v_r)``, the
@@ -36,12 +37,17 @@ from attnzoo.kernels import _dispatch
 
 __all__ = ["topm_attention_backward", "topm_attention_forward", "topm_knn"]
 
-# Queries per attention program: 4 warps hold a (64 x head_dim) tile of q, k, v and the accumulator.
-_ATTN_BLOCK_N = 64
+# A top-m attention program holds (queries x heads x channels) tiles of at most this many elements, with at most
+# _ATTN_MAX_BLOCK_N queries. Sized with ptxas for sm_90 at 4 heads of 16 (bf16, 4 warps): the largest tiles that
+# do not spill registers (the forward holds q, k, v and the accumulator; the backward also g, dq and two products).
+_ATTN_TILE = {"forward": 2048, "backward": 1024}
+_ATTN_MAX_BLOCK_N = 128
+_ATTN_NUM_WARPS = 4
 # k-NN tiles (queries x keys) on a GPU; under the interpreter smaller tiles keep the tests quick and still cross
 # several key blocks.
 _KNN_TILE = {"gpu": (64, 64), "interpreter": (16, 16)}
-_KNN_NUM_WARPS = 4
+# 8 warps hold a 64 x 64 score tile and the running top-16 without spilling (ptxas, sm_90; 4 warps spill in fp32).
+_KNN_NUM_WARPS = 8
 # Widest feature chunk of one k-NN score product: up to 128 features the queries stay in registers.
 _KNN_MAX_BLOCK_F = 128
 
@@ -50,17 +56,24 @@ _KNN_MAX_BLOCK_F = 128
 
 
 @triton.jit
-def _slot(idx_ptr, k_ptr, v_ptr, q, rows64, nmask, r, m, h, s_kn, s_kh, s_kd, s_vn, s_vh, s_vc, d, dmask, c, cmask,
-          scale, ACC: tl.constexpr):
-    """Candidate slot r of the block: its key indices, validity, key rows, value rows and masked logits."""
+def _offsets(rows64, s_n, s_h, s_x, hh, x):
+    """Offsets of a (rows, heads, channels) tile of an [N, H, X] tensor with strides (s_n, s_h, s_x)."""
+    return rows64[:, None, None] * s_n + hh[None, :, None] * s_h + x[None, None, :] * s_x
+
+
+@triton.jit
+def _slot(idx_ptr, k_ptr, v_ptr, q, rows64, nmask, r, m, s_kn, s_kh, s_kd, s_vn, s_vh, s_vc, hh, d, c, hd_mask,
+          hc_mask, scale, ACC: tl.constexpr):
+    """Candidate slot r of the block: key indices, validity, (rows, heads, D) keys, (rows, heads, C) values and
+    (rows, heads) masked logits."""
     idx = tl.load(idx_ptr + rows64 * m + r, mask=nmask, other=-1)
     valid = idx >= 0
     safe = tl.where(valid, idx, 0)
-    k = tl.load(k_ptr + safe[:, None] * s_kn + h * s_kh + d[None, :] * s_kd,
-                mask=valid[:, None] & dmask[None, :], other=0.0).to(ACC)
-    v = tl.load(v_ptr + safe[:, None] * s_vn + h * s_vh + c[None, :] * s_vc,
-                mask=valid[:, None] & cmask[None, :], other=0.0).to(ACC)
-    s = tl.where(valid, tl.sum(q * k, 1) * scale, float("-inf"))
+    k = tl.load(k_ptr + _offsets(safe, s_kn, s_kh, s_kd, hh, d), mask=valid[:, None, None] & hd_mask[None, :, :],
+                other=0.0).to(ACC)
+    v = tl.load(v_ptr + _offsets(safe, s_vn, s_vh, s_vc, hh, c), mask=valid[:, None, None] & hc_mask[None, :, :],
+                other=0.0).to(ACC)
+    s = tl.where(valid[:, None], tl.sum(q * k, 2) * scale, float("-inf"))
     return idx, valid, safe, k, v, s
 
 
@@ -76,91 +89,96 @@ def _online_step(m_i, s, valid):
     # While nothing is valid (max -inf) subtract 0 instead: exp(-inf - -inf) would be nan.
     shift = _finite_max(m_new)
     alpha = tl.exp(m_i - shift)
-    p = tl.where(valid, tl.exp(s - shift), 0.0)
+    p = tl.where(valid[:, None], tl.exp(s - shift), 0.0)
     return m_new, alpha, p
 
 
 @triton.jit
-def _topm_attn_fwd_kernel(q_ptr, k_ptr, v_ptr, idx_ptr, out_ptr, num_q, m, scale,
-                          s_qn, s_qh, s_qd, s_kn, s_kh, s_kd, s_vn, s_vh, s_vc, s_on, s_oh, s_oc, head_dim, val_dim,
-                          BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
-    h = tl.program_id(1)
+def _block(num_q, num_heads, head_dim, val_dim, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr,
+           BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The program's query rows (int64), their mask, the head/channel ranges and the (heads, D) / (heads, C) masks."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    nmask = rows < num_q
-    rows64 = rows.to(tl.int64)
+    hh = tl.arange(0, BLOCK_H)
     d = tl.arange(0, BLOCK_D)
     c = tl.arange(0, BLOCK_C)
-    dmask = d < head_dim
-    cmask = c < val_dim
-    q = tl.load(q_ptr + rows64[:, None] * s_qn + h * s_qh + d[None, :] * s_qd,
-                mask=nmask[:, None] & dmask[None, :], other=0.0).to(ACC)
-    m_i = tl.full([BLOCK_N], float("-inf"), ACC)
-    l_i = tl.zeros([BLOCK_N], ACC)
-    acc = tl.zeros([BLOCK_N, BLOCK_C], ACC)
-    for r in range(0, m):
-        idx, valid, safe, k, v, s = _slot(idx_ptr, k_ptr, v_ptr, q, rows64, nmask, r, m, h, s_kn, s_kh, s_kd,
-                                          s_vn, s_vh, s_vc, d, dmask, c, cmask, scale, ACC)
-        m_i, alpha, p = _online_step(m_i, s, valid)
-        l_i = l_i * alpha + p
-        acc = acc * alpha[:, None] + p[:, None] * v
-    out = tl.where(l_i[:, None] > 0, acc / tl.where(l_i > 0, l_i, 1.0)[:, None], 0.0)
-    tl.store(out_ptr + rows64[:, None] * s_on + h * s_oh + c[None, :] * s_oc, out.to(out_ptr.dtype.element_ty),
-             mask=nmask[:, None] & cmask[None, :])
+    hd_mask = (hh[:, None] < num_heads) & (d[None, :] < head_dim)
+    hc_mask = (hh[:, None] < num_heads) & (c[None, :] < val_dim)
+    return rows.to(tl.int64), rows < num_q, hh, d, c, hd_mask, hc_mask
 
 
 @triton.jit
-def _topm_attn_bwd_kernel(g_ptr, q_ptr, k_ptr, v_ptr, idx_ptr, dq_ptr, dk_ptr, dv_ptr, num_q, num_heads, m, scale,
-                          s_gn, s_gh, s_gc, s_qn, s_qh, s_qd, s_kn, s_kh, s_kd, s_vn, s_vh, s_vc, head_dim, val_dim,
-                          BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
-    h = tl.program_id(1)
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    nmask = rows < num_q
-    rows64 = rows.to(tl.int64)
-    d = tl.arange(0, BLOCK_D)
-    c = tl.arange(0, BLOCK_C)
-    dmask = d < head_dim
-    cmask = c < val_dim
-    q = tl.load(q_ptr + rows64[:, None] * s_qn + h * s_qh + d[None, :] * s_qd,
-                mask=nmask[:, None] & dmask[None, :], other=0.0).to(ACC)
-    g = tl.load(g_ptr + rows64[:, None] * s_gn + h * s_gh + c[None, :] * s_gc,
-                mask=nmask[:, None] & cmask[None, :], other=0.0).to(ACC)
-    # Pass 1: softmax statistics and delta = sum_r p_r (dO . v_r), the softmax backward's row term.
-    m_i = tl.full([BLOCK_N], float("-inf"), ACC)
-    l_i = tl.zeros([BLOCK_N], ACC)
-    dsum = tl.zeros([BLOCK_N], ACC)
+def _topm_attn_fwd_kernel(q_ptr, k_ptr, v_ptr, idx_ptr, out_ptr, num_q, m, scale,
+                          s_qn, s_qh, s_qd, s_kn, s_kh, s_kd, s_vn, s_vh, s_vc, s_on, s_oh, s_oc,
+                          num_heads, head_dim, val_dim, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr,
+                          BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+    rows64, nmask, hh, d, c, hd_mask, hc_mask = _block(num_q, num_heads, head_dim, val_dim, BLOCK_N, BLOCK_H,
+                                                       BLOCK_D, BLOCK_C)
+    q = tl.load(q_ptr + _offsets(rows64, s_qn, s_qh, s_qd, hh, d), mask=nmask[:, None, None] & hd_mask[None, :, :],
+                other=0.0).to(ACC)
+    m_i = tl.full([BLOCK_N, BLOCK_H], float("-inf"), ACC)
+    l_i = tl.zeros([BLOCK_N, BLOCK_H], ACC)
+    acc = tl.zeros([BLOCK_N, BLOCK_H, BLOCK_C], ACC)
     for r in range(0, m):
-        idx, valid, safe, k, v, s = _slot(idx_ptr, k_ptr, v_ptr, q, rows64, nmask, r, m, h, s_kn, s_kh, s_kd,
-                                          s_vn, s_vh, s_vc, d, dmask, c, cmask, scale, ACC)
+        idx, valid, safe, k, v, s = _slot(idx_ptr, k_ptr, v_ptr, q, rows64, nmask, r, m, s_kn, s_kh, s_kd, s_vn,
+                                          s_vh, s_vc, hh, d, c, hd_mask, hc_mask, scale, ACC)
         m_i, alpha, p = _online_step(m_i, s, valid)
         l_i = l_i * alpha + p
-        dsum = dsum * alpha + p * tl.sum(g * v, 1)
-    inv_l = tl.where(l_i > 0, 1.0 / tl.where(l_i > 0, l_i, 1.0), 0.0)
+        acc = acc * alpha[:, :, None] + p[:, :, None] * v
+    out = acc / tl.where(l_i > 0, l_i, 1.0)[:, :, None]  # an all-empty row has acc = 0: output 0
+    tl.store(out_ptr + _offsets(rows64, s_on, s_oh, s_oc, hh, c), out.to(out_ptr.dtype.element_ty),
+             mask=nmask[:, None, None] & hc_mask[None, :, :])
+
+
+@triton.jit
+def _topm_attn_bwd_kernel(g_ptr, q_ptr, k_ptr, v_ptr, idx_ptr, dq_ptr, dk_ptr, dv_ptr, num_q, m, scale,
+                          s_gn, s_gh, s_gc, s_qn, s_qh, s_qd, s_kn, s_kh, s_kd, s_vn, s_vh, s_vc,
+                          num_heads, head_dim, val_dim, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr,
+                          BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+    rows64, nmask, hh, d, c, hd_mask, hc_mask = _block(num_q, num_heads, head_dim, val_dim, BLOCK_N, BLOCK_H,
+                                                       BLOCK_D, BLOCK_C)
+    q = tl.load(q_ptr + _offsets(rows64, s_qn, s_qh, s_qd, hh, d), mask=nmask[:, None, None] & hd_mask[None, :, :],
+                other=0.0).to(ACC)
+    g = tl.load(g_ptr + _offsets(rows64, s_gn, s_gh, s_gc, hh, c), mask=nmask[:, None, None] & hc_mask[None, :, :],
+                other=0.0).to(ACC)
+    # Pass 1: softmax statistics and delta = sum_r p_r (dO . v_r), the softmax backward's row term.
+    m_i = tl.full([BLOCK_N, BLOCK_H], float("-inf"), ACC)
+    l_i = tl.zeros([BLOCK_N, BLOCK_H], ACC)
+    dsum = tl.zeros([BLOCK_N, BLOCK_H], ACC)
+    for r in range(0, m):
+        idx, valid, safe, k, v, s = _slot(idx_ptr, k_ptr, v_ptr, q, rows64, nmask, r, m, s_kn, s_kh, s_kd, s_vn,
+                                          s_vh, s_vc, hh, d, c, hd_mask, hc_mask, scale, ACC)
+        m_i, alpha, p = _online_step(m_i, s, valid)
+        l_i = l_i * alpha + p
+        dsum = dsum * alpha + p * tl.sum(g * v, 2)
+    inv_l = 1.0 / tl.where(l_i > 0, l_i, 1.0)  # an all-empty row has p = 0 everywhere: any finite value does
     delta = dsum * inv_l
     shift = _finite_max(m_i)
-    # Pass 2: exact weights, dQ in registers, dK and dV scattered onto the candidate rows (contiguous buffers).
-    dq = tl.zeros([BLOCK_N, BLOCK_D], ACC)
+    # Pass 2: exact weights, dQ in registers, dK and dV scattered onto the candidate rows of the contiguous
+    # [S, H, D] / [S, H, C] buffers.
+    dq = tl.zeros([BLOCK_N, BLOCK_H, BLOCK_D], ACC)
     for r in range(0, m):
-        idx, valid, safe, k, v, s = _slot(idx_ptr, k_ptr, v_ptr, q, rows64, nmask, r, m, h, s_kn, s_kh, s_kd,
-                                          s_vn, s_vh, s_vc, d, dmask, c, cmask, scale, ACC)
-        p = tl.where(valid, tl.exp(s - shift) * inv_l, 0.0)
-        ds = p * (tl.sum(g * v, 1) - delta) * scale
-        dq += ds[:, None] * k
-        grad_k = ds[:, None] * q
-        grad_v = p[:, None] * g
+        idx, valid, safe, k, v, s = _slot(idx_ptr, k_ptr, v_ptr, q, rows64, nmask, r, m, s_kn, s_kh, s_kd, s_vn,
+                                          s_vh, s_vc, hh, d, c, hd_mask, hc_mask, scale, ACC)
+        p = tl.where(valid[:, None], tl.exp(s - shift) * inv_l, 0.0)
+        ds = p * (tl.sum(g * v, 2) - delta) * scale
+        dq += ds[:, :, None] * k
+        grad_k = ds[:, :, None] * q
+        grad_v = p[:, :, None] * g
         first = tl.min(tl.where(nmask, idx, 2147483647), 0)
         last = tl.max(tl.where(nmask, idx, -1), 0)
         if first == last:
-            row = first.to(tl.int64) * num_heads + h
-            tl.atomic_add(dk_ptr + row * head_dim + d, tl.sum(grad_k, 0), mask=dmask & (first >= 0), sem="relaxed")
-            tl.atomic_add(dv_ptr + row * val_dim + c, tl.sum(grad_v, 0), mask=cmask & (first >= 0), sem="relaxed")
+            row = first.to(tl.int64) * num_heads + hh[:, None]
+            tl.atomic_add(dk_ptr + row * head_dim + d[None, :], tl.sum(grad_k, 0), mask=hd_mask & (first >= 0),
+                          sem="relaxed")
+            tl.atomic_add(dv_ptr + row * val_dim + c[None, :], tl.sum(grad_v, 0), mask=hc_mask & (first >= 0),
+                          sem="relaxed")
         else:
-            rows_kv = safe.to(tl.int64) * num_heads + h
-            tl.atomic_add(dk_ptr + rows_kv[:, None] * head_dim + d[None, :], grad_k,
-                          mask=valid[:, None] & dmask[None, :], sem="relaxed")
-            tl.atomic_add(dv_ptr + rows_kv[:, None] * val_dim + c[None, :], grad_v,
-                          mask=valid[:, None] & cmask[None, :], sem="relaxed")
-    tl.store(dq_ptr + rows64[:, None] * (num_heads * head_dim) + h * head_dim + d[None, :],
-             dq.to(dq_ptr.dtype.element_ty), mask=nmask[:, None] & dmask[None, :])
+            tl.atomic_add(dk_ptr + _offsets(safe.to(tl.int64), num_heads * head_dim, head_dim, 1, hh, d), grad_k,
+                          mask=valid[:, None, None] & hd_mask[None, :, :], sem="relaxed")
+            tl.atomic_add(dv_ptr + _offsets(safe.to(tl.int64), num_heads * val_dim, val_dim, 1, hh, c), grad_v,
+                          mask=valid[:, None, None] & hc_mask[None, :, :], sem="relaxed")
+    tl.store(dq_ptr + _offsets(rows64, num_heads * head_dim, head_dim, 1, hh, d), dq.to(dq_ptr.dtype.element_ty),
+             mask=nmask[:, None, None] & hd_mask[None, :, :])
 
 
 @triton.jit
@@ -230,12 +248,14 @@ def _acc(dtype: torch.dtype) -> tuple[torch.dtype, tl.dtype]:
     return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
 
 
-def _attn_config(query: Tensor, value: Tensor) -> tuple[tuple[int, int], dict]:
-    head_dim, val_dim = query.shape[2], value.shape[2]
-    grid = (triton.cdiv(query.shape[0], _ATTN_BLOCK_N), query.shape[1])
-    consts = dict(BLOCK_N=_ATTN_BLOCK_N, BLOCK_D=triton.next_power_of_2(head_dim),
-                  BLOCK_C=triton.next_power_of_2(val_dim), ACC=_acc(query.dtype)[1])
-    return grid, dict(head_dim=head_dim, val_dim=val_dim, **consts)
+def _attn_config(query: Tensor, value: Tensor, direction: str) -> tuple[tuple[int], dict]:
+    """Grid and arguments of the ``direction`` ('forward' or 'backward') attention kernel."""
+    heads, head_dim, val_dim = query.shape[1:] + value.shape[2:]
+    block_h, block_d, block_c = (triton.next_power_of_2(n) for n in (heads, head_dim, val_dim))
+    block_n = max(1, min(_ATTN_MAX_BLOCK_N, _ATTN_TILE[direction] // (block_h * max(block_d, block_c))))
+    consts = dict(BLOCK_N=block_n, BLOCK_H=block_h, BLOCK_D=block_d, BLOCK_C=block_c, ACC=_acc(query.dtype)[1])
+    return (triton.cdiv(query.shape[0], block_n),), dict(num_heads=heads, head_dim=head_dim, val_dim=val_dim,
+                                                         **consts)
 
 
 def topm_attention_forward(query: Tensor, key: Tensor, value: Tensor, index: Tensor, scale: float) -> Tensor:
@@ -244,10 +264,10 @@ def topm_attention_forward(query: Tensor, key: Tensor, value: Tensor, index: Ten
     if out.numel() == 0:
         return out
     index = index.contiguous()
-    grid, consts = _attn_config(query, value)
+    grid, consts = _attn_config(query, value, "forward")
     _topm_attn_fwd_kernel[grid](query, key, value, index, out, query.shape[0], index.shape[1], scale,
                                 *query.stride(), *key.stride(), *value.stride(), *out.stride(), **consts,
-                                num_warps=4)
+                                num_warps=_ATTN_NUM_WARPS)
     return out
 
 
@@ -260,10 +280,10 @@ def topm_attention_backward(grad_out: Tensor, query: Tensor, key: Tensor, value:
     grad_v = torch.zeros(value.shape, dtype=acc, device=value.device)
     if query.numel() and value.numel() and index.numel():
         index = index.contiguous()
-        grid, consts = _attn_config(query, value)
+        grid, consts = _attn_config(query, value, "backward")
         _topm_attn_bwd_kernel[grid](grad_out, query, key, value, index, grad_q, grad_k, grad_v, query.shape[0],
-                                    query.shape[1], index.shape[1], scale, *grad_out.stride(), *query.stride(),
-                                    *key.stride(), *value.stride(), **consts, num_warps=4)
+                                    index.shape[1], scale, *grad_out.stride(), *query.stride(), *key.stride(),
+                                    *value.stride(), **consts, num_warps=_ATTN_NUM_WARPS)
     return grad_q, grad_k.to(key.dtype), grad_v.to(value.dtype)
 
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from attnzoo.kernels.topm import score_candidates, topm_attention, topm_knn, topm_knn_reference
+from attnzoo.kernels.topm_triton import _attn_config
 
 pytest.importorskip("triton")
 
@@ -44,24 +45,32 @@ def assert_backends_agree(inputs, index, atol):
     return out, grads
 
 
+def query_blocks(inputs, direction):
+    return _attn_config(inputs[0], inputs[2], direction)[0][0]
+
+
 def test_attention_fp32_independent_candidates_with_empty_slots():
-    """Two query blocks, 3 heads, head_dim 5 and value width 7 (masked lanes), scattered dK/dV with repeats."""
-    inputs = make_inputs()
-    index = random_index(70, 23, 6)
+    """Several query blocks, 3 heads, head_dim 5 and value width 7 (masked lanes), scattered dK/dV with repeats."""
+    inputs = make_inputs(n=150)
+    assert query_blocks(inputs, "forward") == 3 and query_blocks(inputs, "backward") == 5
+    index = random_index(150, 23, 6)
     out, grads = assert_backends_agree(inputs, index, atol=1e-5)
     # an all-empty row attends to nothing: output 0, gradient 0
     assert out[4].abs().max() == 0 and grads[0][4].abs().max() == 0
 
 
 def test_attention_fp32_shared_candidates_per_graph():
-    """'aux'-mode index: blocks inside one graph share every slot's candidate (one summed atomic per slot), the
-    block crossing a graph border does not, and the 3-vertex graph leaves 3 slots empty in every row."""
-    batch = torch.cat([torch.zeros(60, dtype=torch.long), torch.ones(3, dtype=torch.long),
-                       torch.full((20,), 2, dtype=torch.long)])
+    """'aux'-mode index: backward blocks of 64 queries; four lie inside one graph and share every slot's candidate
+    (one summed atomic per slot), the third crosses both borders of a 3-vertex graph, whose rows leave 3 slots
+    empty."""
+    batch = torch.cat([torch.zeros(150, dtype=torch.long), torch.ones(3, dtype=torch.long),
+                       torch.full((150,), 2, dtype=torch.long)])
     gen = torch.Generator().manual_seed(3)
-    index = score_candidates(torch.randn(83, generator=gen), 6, batch)
-    assert (index[60:63] == -1).all(1).logical_not().all() and (index[60:63, 3:] == -1).all()
-    assert_backends_agree(make_inputs(n=83, s=83, heads=2, d=8, c=4, seed=3), index, atol=1e-5)
+    index = score_candidates(torch.randn(303, generator=gen), 6, batch)
+    assert (index[150:153, :3] >= 0).all() and (index[150:153, 3:] == -1).all()
+    inputs = make_inputs(n=303, s=303, heads=2, d=8, c=4, seed=3)
+    assert query_blocks(inputs, "backward") == 5
+    assert_backends_agree(inputs, index, atol=1e-5)
 
 
 def test_attention_strided_inputs_and_two_slots():
