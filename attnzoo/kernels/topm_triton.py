@@ -48,8 +48,10 @@ _ATTN_NUM_WARPS = 4
 _KNN_TILE = {"gpu": (64, 64), "interpreter": (16, 16)}
 # 8 warps hold a 64 x 64 score tile and the running top-16 without spilling (ptxas, sm_90; 4 warps spill in fp32).
 _KNN_NUM_WARPS = 8
-# Widest feature chunk of one k-NN score product: up to 128 features the queries stay in registers.
-_KNN_MAX_BLOCK_F = 128
+# Up to _KNN_ONE_CHUNK_F features the queries stay in registers (one score product per key tile); wider features
+# go in chunks of _KNN_CHUNK_F (wider chunks spill registers, ptxas sm_90).
+_KNN_ONE_CHUNK_F = 128
+_KNN_CHUNK_F = 64
 
 
 # ---------------------------------------------------------------------------------------------- kernels
@@ -94,16 +96,20 @@ def _online_step(m_i, s, valid):
 
 
 @triton.jit
-def _block(num_q, num_heads, head_dim, val_dim, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr,
-           BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr):
-    """The program's query rows (int64), their mask, the head/channel ranges and the (heads, D) / (heads, C) masks."""
+def _block(q_ptr, s_qn, s_qh, s_qd, num_q, num_heads, head_dim, val_dim, BLOCK_N: tl.constexpr,
+           BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+    """The program's query rows (int64), their mask, the head/channel ranges, the (heads, D) / (heads, C) masks and
+    the (rows, heads, D) queries."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     hh = tl.arange(0, BLOCK_H)
     d = tl.arange(0, BLOCK_D)
     c = tl.arange(0, BLOCK_C)
     hd_mask = (hh[:, None] < num_heads) & (d[None, :] < head_dim)
     hc_mask = (hh[:, None] < num_heads) & (c[None, :] < val_dim)
-    return rows.to(tl.int64), rows < num_q, hh, d, c, hd_mask, hc_mask
+    rows64, nmask = rows.to(tl.int64), rows < num_q
+    q = tl.load(q_ptr + _offsets(rows64, s_qn, s_qh, s_qd, hh, d), mask=nmask[:, None, None] & hd_mask[None, :, :],
+                other=0.0).to(ACC)
+    return rows64, nmask, hh, d, c, hd_mask, hc_mask, q
 
 
 @triton.jit
@@ -111,10 +117,8 @@ def _topm_attn_fwd_kernel(q_ptr, k_ptr, v_ptr, idx_ptr, out_ptr, num_q, m, scale
                           s_qn, s_qh, s_qd, s_kn, s_kh, s_kd, s_vn, s_vh, s_vc, s_on, s_oh, s_oc,
                           num_heads, head_dim, val_dim, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr,
                           BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
-    rows64, nmask, hh, d, c, hd_mask, hc_mask = _block(num_q, num_heads, head_dim, val_dim, BLOCK_N, BLOCK_H,
-                                                       BLOCK_D, BLOCK_C)
-    q = tl.load(q_ptr + _offsets(rows64, s_qn, s_qh, s_qd, hh, d), mask=nmask[:, None, None] & hd_mask[None, :, :],
-                other=0.0).to(ACC)
+    rows64, nmask, hh, d, c, hd_mask, hc_mask, q = _block(q_ptr, s_qn, s_qh, s_qd, num_q, num_heads, head_dim,
+                                                          val_dim, BLOCK_N, BLOCK_H, BLOCK_D, BLOCK_C, ACC)
     m_i = tl.full([BLOCK_N, BLOCK_H], float("-inf"), ACC)
     l_i = tl.zeros([BLOCK_N, BLOCK_H], ACC)
     acc = tl.zeros([BLOCK_N, BLOCK_H, BLOCK_C], ACC)
@@ -134,10 +138,8 @@ def _topm_attn_bwd_kernel(g_ptr, q_ptr, k_ptr, v_ptr, idx_ptr, dq_ptr, dk_ptr, d
                           s_gn, s_gh, s_gc, s_qn, s_qh, s_qd, s_kn, s_kh, s_kd, s_vn, s_vh, s_vc,
                           num_heads, head_dim, val_dim, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr,
                           BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
-    rows64, nmask, hh, d, c, hd_mask, hc_mask = _block(num_q, num_heads, head_dim, val_dim, BLOCK_N, BLOCK_H,
-                                                       BLOCK_D, BLOCK_C)
-    q = tl.load(q_ptr + _offsets(rows64, s_qn, s_qh, s_qd, hh, d), mask=nmask[:, None, None] & hd_mask[None, :, :],
-                other=0.0).to(ACC)
+    rows64, nmask, hh, d, c, hd_mask, hc_mask, q = _block(q_ptr, s_qn, s_qh, s_qd, num_q, num_heads, head_dim,
+                                                          val_dim, BLOCK_N, BLOCK_H, BLOCK_D, BLOCK_C, ACC)
     g = tl.load(g_ptr + _offsets(rows64, s_gn, s_gh, s_gc, hh, c), mask=nmask[:, None, None] & hc_mask[None, :, :],
                 other=0.0).to(ACC)
     # Pass 1: softmax statistics and delta = sum_r p_r (dO . v_r), the softmax backward's row term.
@@ -313,7 +315,7 @@ def topm_knn(query: Tensor, key: Tensor, m: int, batch_query: Tensor, batch_key:
     # bf16, so there they are upcast, and 'tf32' on upcast 16-bit values is exact too.
     acc = _acc(query.dtype)[1]
     dot = acc if high or interpreting else {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}[query.dtype]
-    block_f = max(16, min(_KNN_MAX_BLOCK_F, triton.next_power_of_2(feat)))
+    block_f = max(16, triton.next_power_of_2(feat)) if feat <= _KNN_ONE_CHUNK_F else _KNN_CHUNK_F
     _topm_knn_kernel[(triton.cdiv(num_q, block_q),)](
         query, key, batch_query.contiguous(), batch_key.contiguous(), first, last, out, num_q, num_k, feat, m,
         *query.stride(), *key.stride(), BLOCK_Q=block_q, BLOCK_K=block_k, BLOCK_F=block_f,

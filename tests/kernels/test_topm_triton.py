@@ -128,7 +128,7 @@ def knn_case(num_q, num_k, feat, graphs, seed, shuffle=False, dtype=torch.float3
 
 @pytest.mark.parametrize(("num_q", "num_k", "feat", "graphs", "m", "shuffle"), [
     (45, 50, 9, 3, 5, False),  # several query and key blocks per graph, graphs straddle block borders
-    (37, 41, 150, 2, 7, True),  # unsorted graph ids (key ranges overlap), features over two BLOCK_F chunks
+    (37, 41, 150, 2, 7, True),  # unsorted graph ids (key ranges overlap); 150 features: three chunks, one partial
     (33, 30, 6, 5, 12, False),  # m above some graph sizes: -1 padding; one graph id has queries only
 ])
 def test_knn_matches_reference(num_q, num_k, feat, graphs, m, shuffle):
