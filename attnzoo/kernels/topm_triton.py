@@ -198,7 +198,8 @@ def _topm_knn_kernel(q_ptr, k_ptr, bq_ptr, bk_ptr, first_ptr, last_ptr, out_ptr,
     slots = tl.arange(0, BLOCK_M)
     slot_ok = slots[None, :] < m
     best_val = tl.full([BLOCK_Q, BLOCK_M], float("-inf"), DOT_ACC)
-    best_idx = tl.full([BLOCK_Q, BLOCK_M], -1, tl.int32)
+    # Empty slots hold distinct negative indices, so that "the worst slot" below is always exactly one slot.
+    best_idx = tl.zeros([BLOCK_Q, BLOCK_M], tl.int32) - 1 - slots[None, :]
     f = tl.arange(0, BLOCK_F)
     # With one feature chunk (ONE_CHUNK) the queries stay in registers for the whole key loop.
     q_first = tl.load(q_ptr + rows64[:, None] * s_qn + f[None, :] * s_qf,
@@ -228,8 +229,10 @@ def _topm_knn_kernel(q_ptr, k_ptr, bq_ptr, bk_ptr, first_ptr, last_ptr, out_ptr,
             top = tl.max(s, 1)
             pos = tl.min(tl.where(s == top[:, None], cols[None, :], 2147483647), 1)  # lowest key among the maxima
             worst = tl.min(tl.where(slot_ok, best_val, float("inf")), 1)
-            wslot = tl.min(tl.where(slot_ok & (best_val == worst[:, None]), slots[None, :], BLOCK_M), 1)
-            replace = (top > worst)[:, None] & (slots[None, :] == wslot[:, None])
+            # Of the slots tied at the worst score the highest key index goes, so ties keep the lower index.
+            at_worst = slot_ok & (best_val == worst[:, None])
+            evict = tl.max(tl.where(at_worst, best_idx, -2147483647), 1)
+            replace = (top > worst)[:, None] & at_worst & (best_idx == evict[:, None])
             best_val = tl.where(replace, top[:, None], best_val)
             best_idx = tl.where(replace, pos[:, None], best_idx)
             s = tl.where(cols[None, :] == pos[:, None], float("-inf"), s)

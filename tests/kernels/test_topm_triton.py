@@ -156,6 +156,16 @@ def test_knn_empty_graphs_and_ties_go_to_lower_index():
     assert got[0, :3].tolist() == [2, 7, 9]
 
 
+def test_knn_tie_at_the_last_place_keeps_the_lower_index():
+    """Keys 3 and 7 tie; key 20 (a later key tile) beats both and pushes one out: key 7 must go, not key 3."""
+    unit = torch.nn.functional.normalize(torch.randn(1, 4, generator=torch.Generator().manual_seed(1)), dim=1)
+    key = 0.01 * torch.randn(40, 4, generator=torch.Generator().manual_seed(2))
+    key[3], key[7], key[20] = unit[0], unit[0], 2 * unit[0]
+    batch = torch.zeros(40, dtype=torch.long)
+    got = topm_knn(unit, key, 2, batch[:1], batch, backend="triton")
+    assert got.tolist() == [[20, 3]]
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 def test_knn_float64_bfloat16_and_bipartite_sizes(dtype):
     """fp64 scores in fp64; bf16 products are exact and summed in fp32, i.e. the fp32 search on the bf16 values."""
