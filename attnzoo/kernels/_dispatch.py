@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import os
 from collections.abc import Callable, Iterator, Sequence
+from types import ModuleType
 
 import torch
 
@@ -57,6 +59,12 @@ def triton_available() -> bool:
     except Exception:
         return False
     return True
+
+
+def triton_kernels(module: str) -> ModuleType:
+    """The launcher module ``attnzoo.kernels.<module>``, imported on first use so that only the 'triton' backend
+    pays for importing (and, on a GPU, initialising) Triton."""
+    return importlib.import_module(f"attnzoo.kernels.{module}")
 
 
 def resolve_backend(backend: str | None, tensor: torch.Tensor) -> str:

@@ -37,15 +37,13 @@ with the same arguments less ``depth`` (and less ``grad_depth``).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
-from types import ModuleType
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attnzoo.kernels._dispatch import reference_vjp, resolve_backend
+from attnzoo.kernels._dispatch import reference_vjp, resolve_backend, triton_kernels
 
 __all__ = [
     "deform_attn_3d",
@@ -195,20 +193,6 @@ def _msda_gather(value: Tensor, spatial_shapes: Tensor, level_start_index: Tenso
     return _weighted_gather(value, key, bilinear, attention_weights)
 
 
-@contextlib.contextmanager
-def _autograd_below_custom_op() -> Iterator[None]:
-    """Re-enable the Autograd dispatch key inside a custom op's implementation.
-
-    ``torch.library.custom_op`` runs its implementation with the Autograd key excluded, so
-    ``reference_vjp``'s ``torch.enable_grad()`` alone records no graph there ("element 0 of tensors does not
-    require grad"); the 'torch' backward ops need it back to differentiate the reference.
-    """
-    autograd = torch._C.DispatchKeySet(torch._C.DispatchKey.AutogradFunctionality)
-    exclude = torch._C._dispatch_tls_local_exclude_set() - autograd
-    with torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), exclude):
-        yield
-
-
 def _query_chunks(sampling_locations: Tensor) -> list[slice]:
     """Query slices holding at most _CHUNK_ENTRIES (batch, head, level, point, corner) entries each."""
     bs, nq, nh, num_levels, num_points, _ = sampling_locations.shape
@@ -232,8 +216,7 @@ def _chunked_vjp(gather: Callable[..., Tensor], inputs: tuple[Tensor, ...], grad
     total: list[Tensor] = []
     per_query: list[list[Tensor]] = [[], []]
     for q in _query_chunks(locations):
-        with _autograd_below_custom_op():
-            grads = reference_vjp(gather, [*shared, locations[:, q], weights[:, q]], grad_output[:, q])
+        grads = reference_vjp(gather, [*shared, locations[:, q], weights[:, q]], grad_output[:, q])
         shared_grads = [g for g in grads[:-2] if g is not None]
         total = shared_grads if not total else [t + g for t, g in zip(total, shared_grads, strict=True)]
         per_query[0].append(grads[-2])
@@ -278,21 +261,11 @@ def ms_deform_attn_efficient(value: Tensor, spatial_shapes: Tensor, level_start_
 # ----------------------------------------------------------------------------------------- op boundary
 
 
-def _triton_launchers(op: str) -> ModuleType:
-    try:
-        from attnzoo.kernels import dfa3d_triton
-    except ModuleNotFoundError as err:
-        if err.name != "attnzoo.kernels.dfa3d_triton":
-            raise
-        raise NotImplementedError(f"triton kernel for {op} not built yet") from err
-    return dfa3d_triton
-
-
 @torch.library.custom_op("attnzoo::deform_attn_3d", mutates_args=())
 def _deform_attn_3d_op(value: Tensor, depth: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
                        sampling_locations: Tensor, attention_weights: Tensor, backend: str) -> Tensor:
     if backend == "triton":
-        return _triton_launchers("deform_attn_3d").deform_attn_3d_forward(
+        return triton_kernels("dfa3d_triton").deform_attn_3d_forward(
             value, depth, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     return deform_attn_3d_efficient(value, depth, spatial_shapes, level_start_index, sampling_locations,
                                     attention_weights)
@@ -310,7 +283,7 @@ def _deform_attn_3d_backward_op(grad_output: Tensor, value: Tensor, depth: Tenso
                                 backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     inputs = (value, depth, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     if backend == "triton":
-        return tuple(_triton_launchers("deform_attn_3d").deform_attn_3d_backward(grad_output, *inputs))
+        return tuple(triton_kernels("dfa3d_triton").deform_attn_3d_backward(grad_output, *inputs))
     grad_value, grad_depth, grad_locations, grad_weights = _chunked_vjp(_dfa3d_gather, inputs, grad_output)
     return grad_value, grad_depth, grad_locations, grad_weights
 
@@ -340,7 +313,7 @@ _deform_attn_3d_op.register_autograd(_deform_attn_3d_backward, setup_context=_sa
 def _ms_deform_attn_op(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
                        sampling_locations: Tensor, attention_weights: Tensor, backend: str) -> Tensor:
     if backend == "triton":
-        return _triton_launchers("ms_deform_attn").ms_deform_attn_forward(
+        return triton_kernels("dfa3d_triton").ms_deform_attn_forward(
             value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     return ms_deform_attn_efficient(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
 
@@ -357,7 +330,7 @@ def _ms_deform_attn_backward_op(grad_output: Tensor, value: Tensor, spatial_shap
                                 backend: str) -> tuple[Tensor, Tensor, Tensor]:
     inputs = (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     if backend == "triton":
-        return tuple(_triton_launchers("ms_deform_attn").ms_deform_attn_backward(grad_output, *inputs))
+        return tuple(triton_kernels("dfa3d_triton").ms_deform_attn_backward(grad_output, *inputs))
     grad_value, grad_locations, grad_weights = _chunked_vjp(_msda_gather, inputs, grad_output)
     return grad_value, grad_locations, grad_weights
 

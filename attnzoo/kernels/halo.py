@@ -33,7 +33,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from attnzoo.kernels._dispatch import resolve_backend
+from attnzoo.kernels._dispatch import resolve_backend, triton_kernels
 
 __all__ = ["halo_attention", "halo_attention_reference"]
 
@@ -214,23 +214,13 @@ def _halo_backward_torch(grad_out: torch.Tensor, out: torch.Tensor, q: torch.Ten
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _triton_launchers():
-    try:
-        from attnzoo.kernels import halo_triton
-    except ModuleNotFoundError as err:
-        if err.name != "attnzoo.kernels.halo_triton":
-            raise
-        raise NotImplementedError("triton kernel for halo_attention not built yet") from err
-    return halo_triton
-
-
 @torch.library.custom_op("attnzoo::halo_attention", mutates_args=())
 def _halo_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, height_rel: torch.Tensor,
                        width_rel: torch.Tensor, block_size: int, halo_size: int, stride: int, scale: float,
                        scale_pos_embed: bool, mask_padding: bool, backend: str) -> torch.Tensor:
     args = (block_size, halo_size, stride, scale, scale_pos_embed, mask_padding)
     if backend == "triton":
-        return _triton_launchers().halo_attention_forward(q, k, v, height_rel, width_rel, *args)
+        return triton_kernels("halo_triton").halo_attention_forward(q, k, v, height_rel, width_rel, *args)
     return halo_attention_reference(q, k, v, height_rel, width_rel, *args)
 
 
@@ -247,7 +237,7 @@ def _halo_attention_backward_op(grad_out: torch.Tensor, out: torch.Tensor, q: to
     args = (grad_out, out, q, k, v, height_rel, width_rel, block_size, halo_size, stride, scale, scale_pos_embed,
             mask_padding)
     if backend == "triton":
-        return list(_triton_launchers().halo_attention_backward(*args))
+        return list(triton_kernels("halo_triton").halo_attention_backward(*args))
     return list(_halo_backward_torch(*args))
 
 
