@@ -2,16 +2,20 @@
 
 Every benchmark runs its anchor and attnzoo in the same process and prints a markdown table with ratios and
 the device and library versions it ran on; ``write_result`` also saves the table under benchmarks/results/.
+``kernel_bench_cli`` is the command line shared by the Triton kernel scripts (benchmarks/kernels_<op>.py).
 """
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import datetime
 import gc
 import os
 import platform
+import re
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -123,3 +127,36 @@ def write_result(name: str, title: str, sections: Sequence[tuple[str, Sequence[d
 def threads_from_env() -> None:
     """Pin intra-op threads to BENCH_THREADS (default: all cores) so CPU tables say what they measured."""
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", os.cpu_count() or 1)))
+
+
+def device_slug(device: torch.device | str) -> str:
+    """A file-name form of the device: the CUDA device's name (e.g. 'nvidia-h100-80gb-hbm3'), else its type."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return device.type
+    return re.sub(r"[^A-Za-z0-9]+", "-", torch.cuda.get_device_name(device)).strip("-").lower()
+
+
+def kernel_backend(device: torch.device | str) -> str:
+    """The backend "ours" runs in a kernel benchmark: Triton on CUDA or under TRITON_INTERPRET=1, else PyTorch."""
+    from attnzoo.kernels._dispatch import triton_interpreting
+
+    return "triton" if torch.device(device).type == "cuda" or triton_interpreting() else "torch"
+
+
+def kernel_bench_cli(stem: str, title: str, gpu_check: Callable[..., Sequence[tuple[str, Sequence[dict[str, Any]]]]],
+                     notes: str) -> Path:
+    """Command line of a benchmarks/kernels_<op>.py script: ``--device``, ``--tiny``, then ``gpu_check``'s sections.
+
+    Writes benchmarks/results/<stem>-<device slug>[-tiny].md; the script's docstring is the ``--help`` text.
+    """
+    parser = argparse.ArgumentParser(description=sys.modules[gpu_check.__module__].__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--tiny", action="store_true", help="tiny shapes: a dry run of the code path")
+    args = parser.parse_args()
+    threads_from_env()
+    sections = gpu_check(device=args.device, tiny=args.tiny)
+    if torch.device(args.device).type == "cpu":
+        notes += " CPU numbers: a dry run of the code path on a shared 2-core machine, not a measurement."
+    return write_result(f"{stem}-{device_slug(args.device)}" + ("-tiny" if args.tiny else ""), title, sections, notes)

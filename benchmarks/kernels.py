@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import re
 import sys
 import traceback
 from pathlib import Path
@@ -21,8 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from _harness import write_result  # noqa: E402
+from _harness import device_slug, write_result  # noqa: E402
 
 OPS = ("ela", "halo", "dfa3d", "topm")
 
@@ -41,10 +39,7 @@ def main() -> None:
         except Exception as err:  # one broken op must not hide the others' results
             traceback.print_exc()
             sections.append((f"{op}: FAILED", [{"error": f"{type(err).__name__}: {err}"[:300]}]))
-    if args.device == "cuda":
-        name = "gpu-" + re.sub(r"[^A-Za-z0-9]+", "-", torch.cuda.get_device_name()).strip("-").lower()
-    else:
-        name = "cpu-dry-run"
+    name = f"gpu-{device_slug(args.device)}" if args.device == "cuda" else "cpu-dry-run"
     write_result(name, "Triton kernels vs anchors", sections,
                  notes="Correctness rows: max-abs error against the fp32 PyTorch reference; 'ok' applies the "
                        "flash-attention rule (kernel bf16 error <= 2x PyTorch bf16 error, + 1e-5).")

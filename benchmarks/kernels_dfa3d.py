@@ -13,7 +13,6 @@ the torch backend so that the script still runs end to end.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from _harness import peak_memory_mb, time_ms, write_result  # noqa: E402
+from _harness import kernel_backend, kernel_bench_cli, peak_memory_mb, time_ms  # noqa: E402
 
-from attnzoo.kernels._dispatch import triton_interpreting  # noqa: E402
 from attnzoo.kernels.dfa3d import deform_attn_3d, ms_deform_attn  # noqa: E402
 
 H100_HBM_GBS = 3350.0
@@ -96,10 +94,6 @@ def forward_backward(cfg: Config, inputs: list[torch.Tensor], backend: str, grad
     return [out, *torch.autograd.grad(out, [leaves[i] for i in float_indices(inputs)], grad_out)]
 
 
-def ours_backend(device: str) -> str:
-    return "triton" if device == "cuda" or triton_interpreting() else "torch"
-
-
 def check(cfg: Config, device: str) -> list[dict]:
     """Flash-attention rule in fp32 (against fp64) and bf16 (against fp32), on output and every gradient."""
     names = ["output"] + [f"grad {n}" for n in (("value", "locations", "weights") if cfg.num_bins is None
@@ -119,7 +113,7 @@ def check(cfg: Config, device: str) -> list[dict]:
             # bf16 there; the reference rounded to bf16 is then the baseline (the least error any bf16 path has)
             baseline = f"ref rounded to {str(dtype).removeprefix('torch.')}"
             torch_low = [t.to(dtype) for t in reference]
-        ours = forward_backward(cfg, low, ours_backend(device), grad_out.to(dtype))
+        ours = forward_backward(cfg, low, kernel_backend(device), grad_out.to(dtype))
         for name, ref, theirs, mine in zip(names, reference, torch_low, ours, strict=True):
             base_err = (theirs.to(ref_dtype) - ref).abs().max().item()
             our_err = (mine.to(ref_dtype) - ref).abs().max().item()
@@ -156,7 +150,7 @@ def bench(cfg: Config, device: str, dtype: torch.dtype) -> dict:
     row: dict = {"shape": cfg.name, "dtype": str(dtype).removeprefix("torch."),
                  "anchor dtype": str(anchor_dtype).removeprefix("torch.")}
     times = {}
-    for label, backend in (("torch", "torch"), ("ours", ours_backend(device))):
+    for label, backend in (("torch", "torch"), ("ours", kernel_backend(device))):
         args = [t.to(anchor_dtype) if t.is_floating_point() and label == "torch" else t for t in inputs]
         grad = grad_out.to(anchor_dtype) if label == "torch" else grad_out
 
@@ -167,7 +161,7 @@ def bench(cfg: Config, device: str, dtype: torch.dtype) -> dict:
         def fwd_bwd(backend=backend, args=args, grad=grad):
             forward_backward(cfg, args, backend, grad)
 
-        # CPU peak memory would run backward in a forked child, where autograd's worker threads deadlock
+        # CPU runs are dry runs of the code path: spare them the two calls a memory reading costs
         memory = peak_memory_mb(fwd_bwd, device) if device == "cuda" else float("nan")
         times[label] = (measure(fwd, device), measure(fwd_bwd, device), memory)
     (t_fwd, t_all, t_mem), (o_fwd, o_all, o_mem) = times["torch"], times["ours"]
@@ -186,27 +180,19 @@ def gpu_check(device: str = "cuda", tiny: bool = False) -> list[tuple[str, list[
     correctness = [row for cfg in checked for row in check(cfg, device)]
     speed_bf16 = [bench(cfg, device, torch.bfloat16) for cfg in cfgs]
     speed_fp32 = [bench(cfg, device, torch.float32) for cfg in checked]
-    backend = ours_backend(device)
+    backend = kernel_backend(device)
     return [(f"dfa3d/msda correctness ({backend} vs fp64/fp32 reference, flash-attention rule)", correctness),
             (f"dfa3d/msda fwd+bwd speed, bf16 ({backend} vs efficient PyTorch reference)", speed_bf16),
             (f"dfa3d/msda fwd+bwd speed, fp32 ({backend} vs efficient PyTorch reference)", speed_fp32)]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--tiny", action="store_true", help="tiny shapes: a dry run of the code path")
-    args = parser.parse_args()
-    sections = gpu_check(args.device, args.tiny)
-    device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
-    name = "kernels_dfa3d-" + "".join(ch if ch.isalnum() else "-" for ch in device_name).strip("-").lower()
-    write_result(name + ("-tiny" if args.tiny else ""), "DFA3D / MSDA Triton kernels vs the PyTorch reference",
-                 sections,
-                 notes="GB/s counts compulsory traffic only (inputs read in forward and backward, output and "
-                       "grad_out once, input gradients written once); the 4-corner gathers of value rows mostly hit "
-                       "L2 and are not counted. Roofline fraction is against the H100 SXM's 3.35 TB/s HBM. Timings "
-                       "are medians of triton.testing.do_bench; peak MB is torch.cuda.max_memory_allocated above "
-                       "the inputs during one forward+backward.")
+    kernel_bench_cli("kernels_dfa3d", "DFA3D / MSDA Triton kernels vs the PyTorch reference", gpu_check,
+                     "GB/s counts compulsory traffic only (inputs read in forward and backward, output and "
+                     "grad_out once, input gradients written once); the 4-corner gathers of value rows mostly hit "
+                     "L2 and are not counted. Roofline fraction is against the H100 SXM's 3.35 TB/s HBM. Timings "
+                     "are medians of triton.testing.do_bench; peak MB is torch.cuda.max_memory_allocated above "
+                     "the inputs during one forward+backward.")
 
 
 if __name__ == "__main__":

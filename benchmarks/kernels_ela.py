@@ -17,8 +17,6 @@ late-stage shapes the tensors fit in the 50 MB L2, so those numbers can exceed w
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from _harness import threads_from_env, time_ms, write_result  # noqa: E402
+from _harness import kernel_backend, kernel_bench_cli, time_ms  # noqa: E402
 
 from attnzoo.kernels.ela import ela_gate, ela_gate_reference  # noqa: E402
 
@@ -126,19 +124,16 @@ def _time_fwd_and_fwd_bwd(fn: Callable, leaves: list[torch.Tensor], grad_out: to
     return (fwd, _bench(fwd_bwd, device)) + ((_bench_graph(fwd_bwd),) if device == "cuda" else ())
 
 
-def _ops(backend: str, groups: int, norm_groups: int, compiled: Callable | None,
-         compile_backend: str) -> dict[str, Callable]:
-    ops = {"eager (torch)": lambda *t: ela_gate(*t, groups, norm_groups, backend="torch")}
-    if compiled is not None:
-        ops[f"torch.compile ({compile_backend})"] = lambda *t: compiled(*t, groups, norm_groups)
-    ops[f"ours ({backend})"] = lambda *t: ela_gate(*t, groups, norm_groups, backend=backend)
-    return ops
+def _ops(backend: str, groups: int, norm_groups: int, compiled: Callable, compile_backend: str) -> dict[str, Callable]:
+    return {"eager (torch)": lambda *t: ela_gate(*t, groups, norm_groups, backend="torch"),
+            f"torch.compile ({compile_backend})": lambda *t: compiled(*t, groups, norm_groups),
+            f"ours ({backend})": lambda *t: ela_gate(*t, groups, norm_groups, backend=backend)}
 
 
 def time_stages(device: str, backend: str, dtype: torch.dtype, stages: list[tuple[int, int, int]],
-                compile_backend: str | None) -> list[dict]:
-    """Forward and forward+backward ms of eager / compiled reference (unless None) / ours at each stage shape."""
-    compiled = torch.compile(ela_gate_reference, dynamic=False, backend=compile_backend) if compile_backend else None
+                compile_backend: str) -> list[dict]:
+    """Forward and forward+backward ms of eager / compiled reference / ours at each stage shape."""
+    compiled = torch.compile(ela_gate_reference, dynamic=False, backend=compile_backend)
     rows = []
     for batch, channels, side in stages:
         tensors, grad_out, groups, norm_groups = make_inputs(batch, channels, side, dtype, device)
@@ -191,40 +186,31 @@ def kernel_breakdown(device: str, backend: str, dtype: torch.dtype, shape: tuple
     return sorted(rows, key=lambda r: -r["us/iter"])[:12]
 
 
-def gpu_check(device: str = "cuda", tiny: bool = False,
-              compile_backend: str | None = "inductor") -> dict[str, list[dict]]:
-    """Correctness then timing tables (see the module doc); returns {section title: rows}."""
-    backend = "triton" if device == "cuda" or os.environ.get("TRITON_INTERPRET") == "1" else "torch"
+def gpu_check(device: str = "cuda", tiny: bool = False) -> list[tuple[str, list[dict]]]:
+    """Sections (heading, rows) for benchmarks/kernels.py: correctness, timing, per-kernel time (see the module doc).
+
+    The compiled anchor uses inductor on CUDA; CPU runs are dry runs, so there it uses 'aot_eager' (no C++ build).
+    """
+    backend = kernel_backend(device)
     stages = TINY_STAGES if tiny else STAGES
-    sections = {}
     check_shape = (1, 16, 6) if tiny else (8, 256, 56)
-    sections[f"Correctness at (B, C, H=W) = {check_shape}, ELA-S"] = check_correctness(device, backend,
-                                                                                       torch.bfloat16, check_shape)
-    print(sections[next(iter(sections))], flush=True)
-    sections["Timing, bf16, ELA-S (k=5, groups=C/8, GN 16)"] = time_stages(device, backend, torch.bfloat16, stages,
-                                                                         compile_backend)
+    correctness = check_correctness(device, backend, torch.bfloat16, check_shape)
+    print(correctness, flush=True)
+    compile_backend = "inductor" if device == "cuda" else "aot_eager"
+    timing = time_stages(device, backend, torch.bfloat16, stages, compile_backend)
     iters = 10 if device == "cuda" else 1
-    sections["Per-kernel time of ours, one fwd+bwd"] = [
-        row for shape in (stages[0], stages[-1]) for row in kernel_breakdown(device, backend, torch.bfloat16, shape,
-                                                                             iters)]
-    return sections
+    breakdown = [row for shape in (stages[0], stages[-1])
+                 for row in kernel_breakdown(device, backend, torch.bfloat16, shape, iters)]
+    return [(f"Correctness at (B, C, H=W) = {check_shape}, ELA-S", correctness),
+            ("Timing, bf16, ELA-S (k=5, groups=C/8, GN 16)", timing),
+            ("Per-kernel time of ours, one fwd+bwd", breakdown)]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--tiny", action="store_true", help="tiny shapes (a smoke run, e.g. under TRITON_INTERPRET)")
-    parser.add_argument("--compile-backend", default="inductor",
-                        help="torch.compile backend of the anchor; 'none' leaves the compiled anchor out")
-    args = parser.parse_args()
-    threads_from_env()
-    sections = gpu_check(args.device, args.tiny, None if args.compile_backend == "none" else args.compile_backend)
-    notes = ("Minimal traffic: fwd 3 passes over the (B, C, H, W) tensor, fwd+bwd 7; roofline 3.35 TB/s (H100 SXM). "
-             "The Triton backward re-reads x once more for the strip means (the op saves only its inputs).")
-    if args.device == "cpu":
-        notes += " CPU numbers: measured on a shared 2-core machine, for a smoke test only."
-    name = "kernels_ela" + ("-tiny" if args.tiny else "") + f"-{args.device}"
-    write_result(name, "ELA gate: Triton kernels vs eager and compiled PyTorch", list(sections.items()), notes)
+    kernel_bench_cli("kernels_ela", "ELA gate: Triton kernels vs eager and compiled PyTorch", gpu_check,
+                     "Minimal traffic: fwd 3 passes over the (B, C, H, W) tensor, fwd+bwd 7; roofline 3.35 TB/s "
+                     "(H100 SXM). The Triton backward re-reads x once more for the strip means (the op saves only its "
+                     "inputs).")
 
 
 if __name__ == "__main__":

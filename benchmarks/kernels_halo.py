@@ -19,9 +19,7 @@ written once in the forward; q, k, v, out, dout read and dq, dk, dv written in t
 
 from __future__ import annotations
 
-import argparse
 import functools
-import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -32,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from _harness import time_ms, write_result  # noqa: E402
+from _harness import kernel_backend, kernel_bench_cli, time_ms  # noqa: E402
 
 from attnzoo.kernels.halo import halo_attention  # noqa: E402
 from attnzoo.layers.halo import HaloAttention  # noqa: E402
@@ -246,8 +244,7 @@ def forward_only(fn: Callable[[list[torch.Tensor]], torch.Tensor], inputs: list[
 
 def gpu_check(device: str = "cuda", tiny: bool = False) -> list[tuple[str, list[dict]]]:
     """Sections (heading, rows) for benchmarks/kernels.py: correctness, layer speed, op speed."""
-    interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
-    backend = "triton" if device == "cuda" or interpreting else "torch"
+    backend = kernel_backend(device)
     torch.manual_seed(0)
     bench = timer(device, tiny)
     shapes = TINY_SHAPES if tiny else SHAPES
@@ -259,14 +256,9 @@ def gpu_check(device: str = "cuda", tiny: bool = False) -> list[tuple[str, list[
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--tiny", action="store_true", help="tiny shapes: a dry run of the code path")
-    args = parser.parse_args()
-    name = "kernels_halo_" + ("cuda" if args.device == "cuda" else "cpu-dry-run")
-    write_result(name, "halo_attention Triton kernels vs anchors", gpu_check(args.device, args.tiny),
-                 notes="fp32 rows must match the fp32 reference to 1e-4 x max|ref|; bf16 rows use flash attention's "
-                       "rule (Triton bf16 error <= 2x PyTorch bf16 error + 1e-5). Speed: median of do_bench on CUDA.")
+    kernel_bench_cli("kernels_halo", "halo_attention Triton kernels vs anchors", gpu_check,
+                     "fp32 rows must match the fp32 reference to 1e-4 x max|ref|; bf16 rows use flash attention's "
+                     "rule (Triton bf16 error <= 2x PyTorch bf16 error + 1e-5). Speed: median of do_bench on CUDA.")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ Without CUDA (and without TRITON_INTERPRET=1) "ours" falls back to the torch bac
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from collections.abc import Callable
@@ -38,11 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from _harness import peak_memory_mb, time_ms, write_result  # noqa: E402
+from _harness import kernel_backend, kernel_bench_cli, peak_memory_mb, time_ms  # noqa: E402
 from torch_geometric.nn import GATConv, TransformerConv  # noqa: E402
 
 from attnzoo.data.graphs import random_graph  # noqa: E402
-from attnzoo.kernels._dispatch import triton_interpreting  # noqa: E402
 from attnzoo.kernels.topm import (  # noqa: E402
     sample_neighbor_mask,
     score_candidates,
@@ -59,10 +57,6 @@ FULL = dict(check=200_000, knn_check=20_000, op=1_000_000, layer=1_000_000, knn=
 TINY = dict(check=70, knn_check=40, op=70, layer=70, knn=(48, 64))
 # Skip the 1M k-NN run when the 100k run predicts more than this (time grows as N²).
 KNN_BUDGET_S = 30.0
-
-
-def ours_backend(device: str) -> str:
-    return "triton" if device == "cuda" or triton_interpreting() else "torch"
 
 
 def measure(fn: Callable[[], object], device: str) -> float:
@@ -122,7 +116,7 @@ def check_attention(num_nodes: int, device: str) -> list[dict]:
             reference = attention_fwd_bwd([t.to(ref_dtype) for t in low], index, "torch",
                                           grad_out.to(device, ref_dtype))
             baseline = attention_fwd_bwd(low, index, "torch", grad_out.to(device, dtype))
-            ours = attention_fwd_bwd(low, index, ours_backend(device), grad_out.to(device, dtype))
+            ours = attention_fwd_bwd(low, index, kernel_backend(device), grad_out.to(device, dtype))
             for name, ref, theirs, mine in zip(("output", "grad q", "grad k", "grad v"), reference, baseline, ours,
                                                strict=True):
                 rows.append(correctness_row(f"attention {kind} N={num_nodes}", dtype, name, ref,
@@ -145,7 +139,7 @@ def bench_attention(num_nodes: int, device: str, dtype: torch.dtype) -> list[dic
         index = index.contiguous()
         grad_out = torch.randn_like(qkv[2])
         times = {}
-        for backend in ("torch", ours_backend(device)):
+        for backend in ("torch", kernel_backend(device)):
             def fwd(backend=backend, qkv=qkv, index=index):
                 with torch.no_grad():
                     topm_attention(*qkv, index, backend=backend)
@@ -154,7 +148,7 @@ def bench_attention(num_nodes: int, device: str, dtype: torch.dtype) -> list[dic
                 attention_fwd_bwd(qkv, index, backend, grad_out)
 
             times[backend] = (measure(fwd, device), measure(fwd_bwd, device))
-        (t_fwd, t_all), (o_fwd, o_all) = times["torch"], times[ours_backend(device)]
+        (t_fwd, t_all), (o_fwd, o_all) = times["torch"], times[kernel_backend(device)]
         gbs = attention_bytes(qkv, index) / (o_all * 1e-3) / 1e9
         rows.append({"candidates": kind, "N = S": num_nodes, "dtype": dtype_name(dtype), "torch fwd ms": t_fwd,
                      "ours fwd ms": o_fwd, "fwd speedup": t_fwd / o_fwd, "torch fwd+bwd ms": t_all,
@@ -194,7 +188,7 @@ def check_knn(num_nodes: int, device: str) -> list[dict]:
         query, key = features.to(dtype), features.flip(1).to(dtype)
         exact = topm_knn_reference(query.double(), key.double(), M, batch, batch, block_size=4096)
         baseline = topm_knn(query, key, M, batch, backend="torch", block_size=4096)
-        ours = topm_knn(query, key, M, batch, backend=ours_backend(device))
+        ours = topm_knn(query, key, M, batch, backend=kernel_backend(device))
         same = (ours == exact).all(1).float().mean().item()
         ref = chosen_scores(query, key, exact).masked_fill(exact < 0, 0.0)
         rows.append(correctness_row(f"knn N={num_nodes}, 2 graphs", dtype, "chosen scores (regret)", ref,
@@ -209,7 +203,7 @@ def knn_tflops(num_nodes: int, ms: float) -> float:
 
 def bench_knn(sizes: tuple[int, ...], device: str, dtype: torch.dtype) -> list[dict]:
     rows = []
-    backend = ours_backend(device)
+    backend = kernel_backend(device)
     predicted_ms = 0.0
     for num_nodes in sizes:
         if predicted_ms > KNN_BUDGET_S * 1e3:
@@ -242,7 +236,7 @@ def layer_builders(device: str) -> dict[str, Callable[[], torch.nn.Module]]:
         return lambda: TopMAttentionConv(CHANNELS, CHANNELS, m=M, heads=HEADS, num_neighbors=EDGES_PER_NODE,
                                          mode="aux", backend=backend)
 
-    return {f"TopMAttentionConv aux ({ours_backend(device)})": topm(ours_backend(device)),
+    return {f"TopMAttentionConv aux ({kernel_backend(device)})": topm(kernel_backend(device)),
             "TopMAttentionConv aux (torch)": topm("torch"),
             "GATConv": lambda: GATConv(CHANNELS, CHANNELS // HEADS, heads=HEADS),
             "TransformerConv": lambda: TransformerConv(CHANNELS, CHANNELS // HEADS, heads=HEADS)}
@@ -264,7 +258,7 @@ def bench_layers(num_nodes: int, device: str, dtype: torch.dtype) -> list[dict]:
                "peak MiB": math.nan, "TransformerConv ms / this": math.nan, "error": ""}
         try:
             row["fwd+bwd ms"] = measure(step, device)
-            # CPU peak memory would run backward in a forked child, where autograd's threads can deadlock
+            # CPU runs are dry runs of the code path: spare them the two calls a memory reading costs
             row["peak MiB"] = peak_memory_mb(step, device) if device == "cuda" else math.nan
         except Exception as err:  # an anchor without bf16 support must not hide the other rows
             row["error"] = f"{type(err).__name__}: {err}"[:160]
@@ -285,8 +279,8 @@ def bench_layer_pieces(num_nodes: int, device: str, dtype: torch.dtype) -> list[
     qkv = [t.to(dtype) for t in qkv]
     pieces = {"sample_neighbor_mask (training mode)": lambda: sample_neighbor_mask(dst, num_nodes, EDGES_PER_NODE),
               "score_candidates ('aux' ranking)": lambda: score_candidates(score, M),
-              f"topm_attention forward ({ours_backend(device)})":
-                  lambda: topm_attention(*qkv, index, backend=ours_backend(device))}
+              f"topm_attention forward ({kernel_backend(device)})":
+                  lambda: topm_attention(*qkv, index, backend=kernel_backend(device))}
     rows = []
     for name, fn in pieces.items():
         with torch.no_grad():
@@ -300,7 +294,7 @@ def bench_layer_pieces(num_nodes: int, device: str, dtype: torch.dtype) -> list[
 def gpu_check(device: str = "cuda", tiny: bool = False) -> list[tuple[str, list[dict]]]:
     """Sections (heading, rows) for benchmarks/kernels.py: correctness, op speed, layer speed, k-NN speed."""
     sizes = TINY if tiny else FULL
-    backend = ours_backend(device)
+    backend = kernel_backend(device)
     correctness = check_attention(sizes["check"], device) + check_knn(sizes["knn_check"], device)
     return [
         (f"topm correctness ({backend} vs fp64/fp32 reference, flash-attention rule)", correctness),
@@ -315,20 +309,12 @@ def gpu_check(device: str = "cuda", tiny: bool = False) -> list[tuple[str, list[
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--tiny", action="store_true", help="tiny shapes: a dry run of the code path")
-    args = parser.parse_args()
-    sections = gpu_check(args.device, args.tiny)
-    device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
-    name = "kernels_topm-" + "".join(ch if ch.isalnum() else "-" for ch in device_name).strip("-").lower()
-    write_result(name + ("-tiny" if args.tiny else ""), "Top-m attention / k-NN Triton kernels vs PyTorch and PyG",
-                 sections,
-                 notes="Correctness 'ok' applies the flash-attention rule (ours err <= 2x torch err + 1e-5, max-abs "
-                       "against the fp64 reference for fp32 and the fp32 reference for bf16). k-NN errors are score "
-                       "regrets (see the script's docstring). Timings: median of triton.testing.do_bench on CUDA "
-                       "(k-NN: one call after compilation); peak MiB is torch.cuda.max_memory_allocated above the "
-                       "inputs during one forward+backward.")
+    kernel_bench_cli("kernels_topm", "Top-m attention / k-NN Triton kernels vs PyTorch and PyG", gpu_check,
+                     "Correctness 'ok' applies the flash-attention rule (ours err <= 2x torch err + 1e-5, max-abs "
+                     "against the fp64 reference for fp32 and the fp32 reference for bf16). k-NN errors are score "
+                     "regrets (see the script's docstring). Timings: median of triton.testing.do_bench on CUDA "
+                     "(k-NN: one call after compilation); peak MiB is torch.cuda.max_memory_allocated above the "
+                     "inputs during one forward+backward.")
 
 
 if __name__ == "__main__":
