@@ -68,8 +68,12 @@ def triton_kernels(module: str) -> ModuleType:
 
 
 def resolve_backend(backend: str | None, tensor: torch.Tensor) -> str:
-    """Turn 'auto'/None into 'torch' or 'triton' for ``tensor``'s device, and refuse impossible requests."""
-    backend = get_backend() if backend is None else _check_backend_name(backend)
+    """Turn a backend request into 'torch' or 'triton' for ``tensor``'s device; refuse impossible requests.
+
+    'auto' and None both defer to the process default (:func:`set_backend`, ``ATTNZOO_BACKEND``), which is itself
+    'auto' unless set: Triton on CUDA tensors when Triton imports, the PyTorch path otherwise.
+    """
+    backend = get_backend() if backend in (None, "auto") else _check_backend_name(backend)
     if backend == "auto":
         return "triton" if tensor.is_cuda and triton_available() else "torch"
     if backend == "triton":

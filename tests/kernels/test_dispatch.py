@@ -26,6 +26,8 @@ def test_environment_and_set_backend(monkeypatch):
         _dispatch.get_backend()
     set_backend("auto")  # set_backend wins over the environment
     assert _dispatch.get_backend() == "auto"
+    set_backend("torch")  # and an op called with its default backend='auto' follows it
+    assert resolve_backend("auto", torch.zeros(1)) == "torch"
     with pytest.raises(ValueError, match="backend='fast' is not one of"):
         set_backend("fast")
 
