@@ -21,16 +21,13 @@ runs :func:`ela_gate_backward_reference`); :func:`ela_gate` validates and dispat
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 import torch.nn.functional as F
 
-from attnzoo.kernels._dispatch import resolve_backend
+from attnzoo.kernels._dispatch import resolve_backend, triton_kernels
 
 __all__ = ["check_nchw", "ela_gate", "ela_gate_backward_reference", "ela_gate_reference"]
 
-_TRITON_MODULE = "attnzoo.kernels.ela_triton"
 
 
 def check_nchw(x: torch.Tensor, channels: int | None = None, where: str = "ela_gate", name: str = "x") -> None:
@@ -123,17 +120,12 @@ def ela_gate_backward_reference(grad_out: torch.Tensor, x: torch.Tensor, weight:
     return grad_x, grad_weight, grad_norm_weight, grad_norm_bias
 
 
-def _triton_launchers():
-    if importlib.util.find_spec(_TRITON_MODULE) is None:
-        raise NotImplementedError("triton kernel for ela_gate not built yet")
-    return importlib.import_module(_TRITON_MODULE)
-
-
 @torch.library.custom_op("attnzoo::ela_gate", mutates_args=())
 def _ela_gate_op(x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor,
                  groups: int, norm_groups: int, eps: float, backend: str) -> torch.Tensor:
     if backend == "triton":
-        return _triton_launchers().ela_gate_forward(x, weight, norm_weight, norm_bias, groups, norm_groups, eps)
+        return triton_kernels("ela_triton").ela_gate_forward(x, weight, norm_weight, norm_bias, groups, norm_groups,
+                                                             eps)
     return ela_gate_reference(x, weight, norm_weight, norm_bias, groups, norm_groups, eps)
 
 
@@ -147,7 +139,7 @@ def _ela_gate_backward_op(grad_out: torch.Tensor, x: torch.Tensor, weight: torch
                           norm_bias: torch.Tensor, groups: int, norm_groups: int, eps: float,
                           backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     if backend == "triton":
-        grads = _triton_launchers().ela_gate_backward(grad_out, x, weight, norm_weight, norm_bias, groups,
+        grads = triton_kernels("ela_triton").ela_gate_backward(grad_out, x, weight, norm_weight, norm_bias, groups,
                                                       norm_groups, eps)
     else:
         grads = ela_gate_backward_reference(grad_out, x, weight, norm_weight, norm_bias, groups, norm_groups, eps)

@@ -23,14 +23,12 @@ sampling is vectorised (the code loops over vertices in Python).
 
 from __future__ import annotations
 
-import importlib
 import math
-from types import ModuleType
 
 import torch
 from torch import Tensor
 
-from attnzoo.kernels._dispatch import resolve_backend
+from attnzoo.kernels._dispatch import resolve_backend, triton_kernels
 
 __all__ = [
     "sample_neighbor_mask",
@@ -46,15 +44,6 @@ __all__ = [
 # Query rows per chunk of the PyTorch reference: bounds the gathered [rows, m, H, D] candidates (64 MiB at m=16,
 # H·D=64, fp32) so that memory grows with N·(H·D + m), not N·m·H·D.
 ROWS_PER_CHUNK = 16384
-
-
-def _triton_launchers() -> ModuleType:
-    try:
-        return importlib.import_module("attnzoo.kernels.topm_triton")
-    except ModuleNotFoundError as err:
-        if err.name != "attnzoo.kernels.topm_triton":
-            raise
-        raise NotImplementedError("triton kernel for topm_attention not built yet") from err
 
 
 def _compiling() -> bool:
@@ -184,7 +173,7 @@ def topm_knn_reference(query: Tensor, key: Tensor, m: int, batch_query: Tensor, 
 def _topm_knn_op(query: Tensor, key: Tensor, m: int, batch_query: Tensor, batch_key: Tensor, block_size: int,
                  backend: str) -> Tensor:
     if backend == "triton":
-        return _triton_launchers().topm_knn(query, key, m, batch_query, batch_key)
+        return triton_kernels("topm_triton").topm_knn(query, key, m, batch_query, batch_key)
     return topm_knn_reference(query, key, m, batch_query, batch_key, block_size)
 
 
@@ -314,7 +303,7 @@ def topm_attention_backward_reference(grad_out: Tensor, query: Tensor, key: Tens
 def _topm_attention_op(query: Tensor, key: Tensor, value: Tensor, index: Tensor, scale: float,
                        backend: str) -> Tensor:
     if backend == "triton":
-        return _triton_launchers().topm_attention_forward(query, key, value, index, scale)
+        return triton_kernels("topm_triton").topm_attention_forward(query, key, value, index, scale)
     return topm_attention_reference(query, key, value, index, scale)
 
 
@@ -327,7 +316,7 @@ def _(query, key, value, index, scale, backend):
 def _topm_attention_backward_op(grad_out: Tensor, query: Tensor, key: Tensor, value: Tensor, index: Tensor,
                                 scale: float, backend: str) -> tuple[Tensor, Tensor, Tensor]:
     if backend == "triton":
-        return _triton_launchers().topm_attention_backward(grad_out, query, key, value, index, scale)
+        return triton_kernels("topm_triton").topm_attention_backward(grad_out, query, key, value, index, scale)
     return topm_attention_backward_reference(grad_out, query, key, value, index, scale)
 
 
