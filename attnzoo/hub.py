@@ -414,9 +414,12 @@ def publish(name: str, source_dir: str | os.PathLike, to: str | os.PathLike, url
         dataset=config.get("dataset", ""), metrics=config.get("metrics", {}), eval_command=f"attnzoo eval {name}",
         model_kwargs=config.get("model_args", {}), pretrained_cfg=_manifest_cfg(config), url=url, hf_hub_id=hf_hub_id,
     )
-    manifest = read_manifest(hub_dir)
-    manifest[name] = record.to_manifest()
-    _write_json_atomic(hub_dir / MANIFEST, {"format": 1, "checkpoints": dict(sorted(manifest.items()))})
+    from filelock import FileLock
+
+    with FileLock(str(hub_dir / MANIFEST) + ".lock"):  # concurrent publishes must not drop each other's records
+        manifest = read_manifest(hub_dir)
+        manifest[name] = record.to_manifest()
+        _write_json_atomic(hub_dir / MANIFEST, {"format": 1, "checkpoints": dict(sorted(manifest.items()))})
     return record
 
 
