@@ -1,5 +1,8 @@
 """Triton DFA3D / MSDA kernels (under TRITON_INTERPRET=1 on CPU) against the 'torch' backend of the same ops."""
 
+import functools
+
+import dfa3d_cases
 import pytest
 import torch
 
@@ -8,19 +11,7 @@ from attnzoo.kernels.dfa3d import deform_attn_3d, ms_deform_attn
 pytest.importorskip("triton")
 
 
-def make_inputs(bs=2, nq=9, nh=3, channels=5, num_points=3, num_bins=5, shapes=((5, 7), (3, 4)),
-                dtype=torch.float32, seed=0, shape_dtype=torch.int64):
-    """Random MSDA-layout inputs; (x, y, z) spill outside [0, 1] so zero padding on every border is exercised."""
-    gen = torch.Generator().manual_seed(seed)
-    spatial_shapes = torch.tensor(shapes, dtype=shape_dtype)
-    sizes = spatial_shapes.prod(1)
-    level_start_index = torch.cumsum(sizes, 0) - sizes
-    num_keys, num_levels = int(sizes.sum()), len(shapes)
-    value = torch.randn(bs, num_keys, nh, channels, generator=gen, dtype=dtype)
-    depth = torch.randn(bs, num_keys, num_bins, generator=gen, dtype=dtype).softmax(-1)
-    locations = torch.rand(bs, nq, nh, num_levels, num_points, 3, generator=gen, dtype=dtype) * 1.4 - 0.2
-    weights = torch.rand(bs, nq, nh, num_levels, num_points, generator=gen, dtype=dtype)
-    return value, depth, spatial_shapes, level_start_index, locations, weights
+make_inputs = functools.partial(dfa3d_cases.make_inputs, nq=9, nh=3, channels=5, dtype=torch.float32)
 
 
 def run(op, inputs, backend, grad_out, wrt):
