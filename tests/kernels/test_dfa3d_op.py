@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from dfa3d_cases import make_inputs  # noqa: E402  (tests/ is on sys.path, see conftest)
+from dfa3d_cases import make_inputs  # tests/ is on sys.path (conftest)
 
 from attnzoo.kernels.dfa3d import (
     deform_attn_3d,
