@@ -11,6 +11,8 @@ percent, rounded to two decimals:
 - ``fashion-mnist-knn[:key=value,...]``: node-classification ``accuracy`` on the test vertices of
   :func:`attnzoo.data.graphs.fashion_mnist_knn_graph`, built with the given arguments
   (``split``, ``k``, ``num_nodes``, ``seed``), e.g. ``fashion-mnist-knn:split=test,k=10,num_nodes=10000``.
+- ``synthetic-multiview[:key=value,...]``: BEV occupancy ``bev_iou`` on the scenes of
+  :class:`attnzoo.data.multiview.SyntheticMultiViewScenes` built with the given arguments (see :func:`bev_iou`).
 
 Other datasets can be added with :func:`register_evaluator`. :func:`compare_with_manifest` lists the metrics
 that differ from the published ones by more than the tolerance (0.3 points by default).
@@ -25,8 +27,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-__all__ = ["compare_with_manifest", "data_config", "evaluate", "graph_for_dataset", "model_in_chans", "node_accuracy",
-           "parse_dataset", "register_evaluator"]
+__all__ = ["bev_iou", "compare_with_manifest", "data_config", "evaluate", "graph_for_dataset", "model_in_chans",
+           "node_accuracy", "parse_dataset", "register_evaluator"]
 
 Evaluator = Callable[[nn.Module, Any, dict[str, str], dict[str, Any]], dict[str, float]]
 _EVALUATORS: dict[str, Evaluator] = {}
@@ -148,6 +150,44 @@ def graph_for_dataset(dataset: str, root: str | os.PathLike | None = None) -> An
 @register_evaluator("fashion-mnist-knn")
 def _graph(model: nn.Module, record: Any, args: dict[str, str], options: dict[str, Any]) -> dict[str, float]:
     return node_accuracy(model, graph_for_dataset(record.dataset, options["root"]), options["device"])
+
+
+@torch.no_grad()
+def bev_iou(model: nn.Module, dataset: str, batch_size: int = 32, device: torch.device | str | None = None
+            ) -> dict[str, float]:
+    """BEV occupancy IoU (percent) of ``model(images, lidar2img, depth)`` on the synthetic scenes ``dataset`` names.
+
+    ``synthetic-multiview[:length=...,seed=...,num_cameras=...,bev_size=...,max_boxes=...,depth=true|none]``
+    builds :class:`~attnzoo.data.multiview.SyntheticMultiViewScenes` with those arguments (its defaults
+    otherwise) and feeds the true depth maps (``depth=true``, the default) or none. A cell is predicted occupied
+    where its logit is positive; intersection and union are summed over all scenes before dividing.
+    """
+    from torch.utils.data import DataLoader
+
+    from attnzoo.data.multiview import SyntheticMultiViewScenes
+
+    base, args = parse_dataset(dataset)
+    ints = ("length", "seed", "num_cameras", "bev_size", "max_boxes")
+    depth = args.pop("depth", "true")
+    if base != "synthetic-multiview" or not set(args) <= set(ints) or depth not in ("true", "none"):
+        raise ValueError(f"dataset {dataset!r}: expected 'synthetic-multiview[:key=value,...]' with keys from "
+                         f"{ints} and depth=true|none")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.eval().to(device)
+    inter = union = 0
+    for batch in DataLoader(SyntheticMultiViewScenes(**{k: int(v) for k, v in args.items()}), batch_size):
+        logits = model(batch["images"].to(device), batch["lidar2img"].to(device),
+                       batch["depth"].to(device) if depth == "true" else None)
+        pred, truth = logits > 0, batch["occupancy"].to(device) > 0.5
+        inter += int((pred & truth).sum())
+        union += int((pred | truth).sum())
+    return {"bev_iou": 100.0 * inter / max(union, 1)}
+
+
+@register_evaluator("synthetic-multiview")
+def _synthetic_multiview(model: nn.Module, record: Any, args: dict[str, str], options: dict[str, Any]
+                         ) -> dict[str, float]:
+    return bev_iou(model, record.dataset, options["batch_size"], options["device"])
 
 
 def evaluate(name: str, root: str | os.PathLike | None = None, batch_size: int = 256,
