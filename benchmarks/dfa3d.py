@@ -13,7 +13,6 @@ timed too. Goal from issue 6: the efficient path needs at most 1/10 of the naive
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -73,29 +72,12 @@ def runner(path: str, mode: str, inputs: tuple[torch.Tensor, ...]) -> Callable[[
     return forward if mode == MODES[0] else forward_backward
 
 
-def _status_kib(field: str) -> int:
-    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(field + ":"))
-    return int(line.split()[1])
-
-
-def cpu_peak_mib(path: str, mode: str, preset: str) -> float:
-    """Peak memory one call adds, measured in a fresh interpreter (VmHWM over the RSS once the inputs exist).
-
-    A fresh process, not a fork of this one: a forked child reuses the parent's freed but still resident heap
-    pages, which hides allocations (it reported 0.004 MiB for a path that allocates tens of MiB here).
-    """
-    result = subprocess.run([sys.executable, __file__, "--preset", preset, "--child", path, mode],
-                            capture_output=True, text=True, check=True)
-    return float(result.stdout.split()[-1])
-
-
 def measure(path: str, mode: str, inputs: tuple[torch.Tensor, ...], args: argparse.Namespace) -> dict:
     """Median time and peak memory of one path; one that runs out of device memory is reported as such."""
     run = runner(path, mode, inputs)
     try:
         return {"time (ms)": time_ms(run, args.device, warmup=1, repeat=args.repeat),
-                "peak memory (MiB)": peak_memory_mb(run, args.device) if args.device.startswith("cuda")
-                else cpu_peak_mib(path, mode, args.preset)}
+                "peak memory (MiB)": peak_memory_mb(run, args.device)}
     except torch.OutOfMemoryError:
         torch.cuda.empty_cache()
         return {"time (ms)": "out of memory", "peak memory (MiB)": "out of memory"}
@@ -106,15 +88,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--child", nargs=2, metavar=("PATH", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     threads_from_env()
     inputs = make_inputs(args.preset, args.device)
-    if args.child:  # the fresh-process memory probe of cpu_peak_mib
-        base = _status_kib("VmRSS")
-        runner(*args.child, inputs)()
-        print((_status_kib("VmHWM") - base) / 1024)
-        return
     paths = ["naive", "torch"] + (["triton"] if args.device.startswith("cuda") else [])
     try:
         with torch.no_grad():
@@ -135,8 +111,9 @@ def main(argv: list[str] | None = None) -> None:
     notes = (f"Preset `{args.preset}`: {bs} views folded into the batch, levels {levels}, {nh} heads x {channels} "
              f"channels, {num_bins} depth bins, {nq} queries per view, {num_points} points per head and level, fp32. "
              f"Largest single tensor of the naive path, the depth-expanded volume: {volume_mib:.0f} MiB. "
-             f"Max |naive - efficient| on these inputs: {max_diff}. Peak memory is what one call adds (CPU: VmHWM "
-             "of a fresh process over its RSS once the inputs exist; CUDA: max_memory_allocated). "
+             f"Max |naive - efficient| on these inputs: {max_diff}. Peak memory is what one call adds after a warm-up "
+             "call (CPU: VmHWM, reset through /proc/self/clear_refs after malloc_trim, over the RSS before the call, "
+             "in-process; CUDA: max_memory_allocated). "
              + (f"Measured on a shared 2-core machine (other jobs running) with {torch.get_num_threads()} thread(s): "
                 "times are indicative only." if args.device == "cpu" else ""))
     write_result(f"dfa3d_{args.device.split(':')[0]}" + ("" if args.preset == "small" else f"_{args.preset}"),

@@ -19,8 +19,6 @@ and each keeps its best round's median, so background load hits both alike.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import multiprocessing as mp
 import os
 import sys
 from collections.abc import Callable
@@ -55,51 +53,12 @@ def fwd_bwd(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
 Case = tuple[dict, dict[str, Callable[[], None]]]  # (row start, {name: fwd+bwd step})
 
 
-def warm_up(models: list[nn.Module], x: torch.Tensor) -> None:
-    """One small step per model, so that one-off lazy initialisation is not counted in a big step's memory."""
-    for model in models:
-        fwd_bwd(model, x)()
-        model.zero_grad(set_to_none=True)
-
-
-def _status_mib(field: str) -> float:
-    line = next(ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith(field + ":"))
-    return int(line.split()[1]) / 1024
-
-
-def _cpu_peak_child(fn: Callable[[], None], queue: mp.Queue) -> None:
-    torch.set_num_threads(1)  # libgomp hangs in a forked child once the parent has used its thread pool
-    fn()  # fault in the shared-library code pages that fork does not map (~45 MiB for any torch step)
-    ctypes.CDLL("libc.so.6").malloc_trim(0)  # else the step reuses freed heap pages and looks free
-    Path("/proc/self/clear_refs").write_text("5")  # restart VmHWM from the current RSS
-    base = _status_mib("VmRSS")
-    fn()
-    queue.put(_status_mib("VmHWM") - base)
-
-
-def peak_mb(fn: Callable[[], None], device: str) -> float:
-    """Peak MiB that one ``fn()`` adds. CUDA: the harness's ``peak_memory_mb``. CPU: like the harness, in a forked
-    child, but single-threaded, after one warm-up step and with the free heap given back to the OS (see
-    ``_cpu_peak_child``): the harness's version hangs once the parent has used 2 threads, counts the library code
-    that the first step faults in, and reads 0 for a step smaller than the free heap it inherits."""
-    if torch.device(device).type != "cpu":
-        return peak_memory_mb(fn, device)
-    ctx = mp.get_context("fork")
-    queue = ctx.Queue()
-    child = ctx.Process(target=_cpu_peak_child, args=(fn, queue))
-    child.start()
-    result = queue.get()
-    child.join()
-    return result
-
-
 def measure(cases: list[Case], device: str, rounds: int) -> list[tuple[dict, dict[str, float], dict[str, float]]]:
-    """Peak MiB of every step first, then times: a forked child reuses the parent's freed heap pages, so steps
-    timed in this process before a memory measurement would hide its peak. Times are the median ms of each step,
+    """Peak MiB that one step adds (after a warm-up step, see ``peak_memory_mb``) and the median ms of each step,
     best of ``rounds`` rounds in which the steps alternate."""
-    mems = [{name: peak_mb(fn, device) for name, fn in fns.items()} for _, fns in cases]
     results = []
-    for (row, fns), mem in zip(cases, mems, strict=True):
+    for row, fns in cases:
+        mem = {name: peak_memory_mb(fn, device) for name, fn in fns.items()}
         ms = {name: float("inf") for name in fns}
         for _ in range(rounds):
             for name, fn in fns.items():
@@ -121,7 +80,6 @@ def halo_rows(shapes: list[tuple[str, int, int, int]], batch: int, device: str, 
         timm_layer = HaloAttn(**kwargs)
         ours = HaloAttention(**kwargs)
         ours.load_state_dict(timm_layer.state_dict())
-        warm_up([timm_layer, ours], torch.randn(1, chs, 8, 8, device=device, requires_grad=True))
         x = torch.randn(batch, chs, side, side, device=device, requires_grad=True)
         fns = {"ours": fwd_bwd(ours, x)}
         if side % 8 == 0:
@@ -148,7 +106,6 @@ def nin_rows(shapes: list[tuple[str, int, int, int, int]], batch: int, device: s
         torch.manual_seed(0)
         vit = Block(dim, heads, mlp_ratio=ffn / dim, qkv_bias=True, device=device)
         nin = NiNBlock(dim, tokens, d_ffn=ffn, device=device)
-        warm_up([vit, nin], torch.randn(1, tokens, dim, device=device, requires_grad=True))
         x = torch.randn(batch, tokens, dim, device=device, requires_grad=True)
         row = {"shape": label, "input": f"{batch}x{tokens}x{dim}", "FFN": ffn,
                "ViT params": sum(p.numel() for p in vit.parameters()),
@@ -184,7 +141,8 @@ def main() -> None:
     where = (f"a shared 2-core machine with {torch.get_num_threads()} intra-op thread(s) (other jobs were running: "
              "treat ratios, not absolute times, as the result)" if args.device == "cpu" else args.device)
     notes = (f"Measured on {where}. Times: median of 5 runs after 2 warm-ups, best of {args.rounds} alternating "
-             "rounds. Memory: peak added by one fwd+bwd step (CPU: high-water RSS of a forked child; CUDA: "
+             "rounds. Memory: peak added by one fwd+bwd step after a warm-up step (CPU: high-water RSS, reset "
+             "through /proc/self/clear_refs after malloc_trim, over the RSS before the step, in-process; CUDA: "
              "max_memory_allocated). 'asserts': timm's HaloAttn requires sides divisible by the block size; "
              "ours pads the 20x20 map to 24x24 and crops.")
     suffix = "" if args.device == "cpu" else f"_{torch.device(args.device).type}"
