@@ -45,51 +45,15 @@ def fwd_bwd(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     return run
 
 
-def _tiny_backward() -> None:
-    torch.ones(1, requires_grad=True).sum().backward()
-
-
-def _libc() -> ctypes.CDLL | None:
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None
-
-
 def fixed_mmap_threshold() -> None:
-    """Make glibc map every allocation of 128 KiB or more and unmap it on free.
+    """Make glibc map every allocation of 128 KiB or more and unmap it on free, for the whole run.
 
-    With glibc's default dynamic threshold, large tensors freed by earlier runs stay in the heap, so a forked
-    child starts with them resident and its high-water mark barely moves: peak memory would read near zero.
+    With glibc's default dynamic threshold (raised up to 32 MiB by each large free), freed activations are recycled
+    through the heap, and the high-water RSS of a step then depends on what ran before it: ResNet-50 at batch 2,
+    160x160, read 105-115 MiB in-process against 66 MiB with this setting, and the quick mode's host ratios flipped.
+    Set before anything is timed, so times and peaks come from the same allocator behaviour.
     """
-    libc = _libc()
-    if libc is not None:
-        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
-
-
-def peak_mb(run: Callable[[], None], device: str) -> float:
-    """The harness's peak memory of ``run()``; on CPU, net of a forked child's fixed cost of its first backward.
-
-    On CPU the harness forks a child. OpenMP (libgomp) is not fork-safe: a child forked after the parent used the
-    intra-op pool hangs in its first parallel region, so the child runs single-threaded (peak memory hardly depends
-    on the thread count). The parent's free heap is returned to the system first (``malloc_trim``) so that the
-    child starts lean, and the child's first backward, which costs a fixed ~50 MiB whatever the model (autograd
-    engine start-up), is measured with a one-element backward and subtracted.
-    """
-    if torch.device(device).type != "cpu":
-        return peak_memory_mb(run, device)
-
-    def single_threaded(fn: Callable[[], None]) -> Callable[[], None]:
-        def child() -> None:
-            torch.set_num_threads(1)
-            fn()
-
-        return child
-
-    libc = _libc()
-    if libc is not None:
-        libc.malloc_trim(0)
-    return peak_memory_mb(single_threaded(run), device) - peak_memory_mb(single_threaded(_tiny_backward), device)
+    ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
 
 
 def ratio(value: float, anchor: float) -> float | str:
@@ -99,7 +63,7 @@ def ratio(value: float, anchor: float) -> float | str:
 def measure(model: nn.Module, x: torch.Tensor, device: str, repeat: int) -> tuple[float, float]:
     """(median fwd+bwd ms, peak MiB added by one fwd+bwd)."""
     run = fwd_bwd(model, x)
-    return time_ms(run, device, warmup=2, repeat=repeat), peak_mb(run, device)
+    return time_ms(run, device, warmup=2, repeat=repeat), peak_memory_mb(run, device)
 
 
 def attention_modules(channels: int, device: str) -> dict[str, nn.Module]:
@@ -160,7 +124,7 @@ def host_rows(batch: int, side: int, device: str, repeat: int) -> list[dict]:
     times = interleaved_ms(runs, device, repeat)
     rows, anchor = [], None
     for name, model in models.items():
-        ms, mb = times[name], peak_mb(runs[name], device)
+        ms, mb = times[name], peak_memory_mb(runs[name], device)
         params = sum(p.numel() for p in model.parameters())
         anchor = anchor or (ms, mb, params)
         rows.append({"model": name, "params": params, "params vs anchor": params / anchor[2], "fwd+bwd ms": ms,
@@ -220,8 +184,10 @@ def main() -> None:
     ]
     notes = (f"Median of {repeat} runs after two warm-ups (the ResNet-50 hosts: one warm-up each, then timed "
              "round-robin so that load changes hit all three alike); peak memory is the extra memory of one "
-             "forward+backward (CPU: VmHWM of a forked, single-threaded child, less the ~50 MiB its first backward "
-             "costs whatever the model; CUDA: max_memory_allocated). MACs with attnzoo.profiling.count_macs "
+             "forward+backward after a warm-up one, from _harness.peak_memory_mb (CPU, in-process, with glibc's "
+             "mmap threshold pinned at 128 KiB for the whole run, see fixed_mmap_threshold: VmHWM, reset through "
+             "/proc/self/clear_refs after gc and malloc_trim, over the RSS before the step; CUDA: "
+             "max_memory_allocated). MACs with attnzoo.profiling.count_macs "
              "(ptflops' module convention) for one image.")
     if cpu:
         notes += (" Measured on a shared 2-core CPU machine that other jobs were using at the same time: absolute "
