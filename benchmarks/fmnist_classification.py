@@ -8,12 +8,16 @@ of optimiser steps for every classification row. Rows:
   SE, with timm's ``'ela'`` (EfficientLocalAttn), and attnzoo's ``ela_resnet18`` (ELA-B behind the authors'
   local residual), all in the same block slot;
 - ``ulsam_mobilenetv2_100`` (weights stored in float16 to fit 4 MiB);
-- ``ninformer_cifar`` adapted to 28x28 x 1 channel (4x4 patches: 49 tokens), d=128, d_ffn=256;
+- ``ninformer_cifar`` adapted to 28x28 x 1 channel (4x4 patches: 49 tokens), d=64, d_ffn=128;
 - MK-UNet T / S / base on the silhouette segmentation task (Dice, IoU).
 
 MACs are attnzoo.profiling.count_macs at 1x1x28x28 (modules as ptflops counts them; work inside custom ops and
 functional matmuls is not counted). Images/s: forward of a batch of 256 in eval mode, median of 5, on this CPU.
 Checkpoints of registered models go to ``--out/<name>`` (``attnzoo publish NAME.fmnist --from DIR --to weights/``).
+
+Two phases: training writes each checkpoint folder with a ``row.json`` (what was trained, on how much, how long);
+the report then loads every checkpoint found under ``--out``, measures MACs and images/s, and writes the table
+(so rows can be (re)trained separately with ``--only`` and reported together with ``--report-only``).
 
     python benchmarks/fmnist_classification.py --out /tmp/az_ckpt
 """
@@ -41,7 +45,7 @@ RUNS: list[tuple[str, str, dict[str, Any], list[str]]] = [
     ("resnet18 + 'ela' (timm)", "timm:resnet18", {**NARROW, "block_args": {"attn_layer": "ela"}}, []),
     ("ela_resnet18 (attnzoo ELA-B)", "ela_resnet18", NARROW, []),
     ("ulsam_mobilenetv2_100", "ulsam_mobilenetv2_100", {}, ["--save-dtype", "float16"]),
-    ("ninformer_cifar (28x28, d=128)", "ninformer_cifar", {"img_size": 28, "embed_dim": 128, "d_ffn": 256}, []),
+    ("ninformer_cifar (28x28, d=64)", "ninformer_cifar", {"img_size": 28, "embed_dim": 64, "d_ffn": 128}, []),
     ("mkunet_t", "mkunet_t", {}, ["--in-chans", "3"]),
     ("mkunet_s", "mkunet_s", {}, ["--in-chans", "3"]),
     ("mkunet", "mkunet", {}, ["--in-chans", "3"]),
@@ -72,43 +76,58 @@ def _speed(model: torch.nn.Module, in_chans: int, side: int) -> tuple[int, float
     return macs, 256 / (time_ms(lambda: model(batch), "cpu", warmup=1, repeat=5) / 1e3)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("/tmp/az_ckpt"))
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--train-subset", type=int, default=12_800,
-                        help="train on this many images (a seeded subset; 0 = all 60,000)")
-    parser.add_argument("--seg-subset", type=int, default=6_400, help="the same for the segmentation rows")
-    parser.add_argument("--only", nargs="*", default=None, help="row models to run (default: all)")
-    parser.add_argument("--max-steps", type=int, default=None, help="cap the steps (timing runs)")
-    parser.add_argument("--no-write", action="store_true", help="print only, do not write benchmarks/results")
-    args = parser.parse_args()
-    threads_from_env()
+def _load(folder: Path, row: dict[str, Any]) -> torch.nn.Module:
+    """The trained model back from its folder (attnzoo checkpoints through from_pretrained)."""
+    import attnzoo
+
+    if not row["model"].startswith("timm:"):
+        return attnzoo.from_pretrained(folder)
+    import timm
+    from safetensors.torch import load_file
+
+    model = timm.create_model(row["model"].removeprefix("timm:"), num_classes=10, in_chans=row["in_chans"],
+                              **row["model_kwargs"])
+    model.load_state_dict(load_file(folder / "model.safetensors"))
+    return model
+
+
+def train(args: argparse.Namespace) -> None:
     train_fmnist = _train_fmnist()
-    classification, segmentation = [], []
     for label, model, kwargs, extra in RUNS:
         if args.only and model not in args.only and _folder(model, kwargs) not in args.only:
             continue
         out = args.out / _folder(model, kwargs)
+        segmentation = model.startswith("mkunet")
+        subset = args.seg_subset if segmentation else args.train_subset
         argv = ["--model", model, "--model-kwargs", json.dumps(kwargs), "--epochs", str(args.epochs),
                 "--out", str(out), *extra]
-        if args.max_steps:
-            argv += ["--max-steps", str(args.max_steps)]
-        subset = args.seg_subset if model.startswith("mkunet") else args.train_subset
-        if subset:
-            argv += ["--train-subset", str(subset)]
-        if model.startswith("mkunet"):
-            argv += ["--batch-size", "64"]
+        argv += ["--train-subset", str(subset)] if subset else []
+        argv += ["--batch-size", "64"] if segmentation else []
         run = train_fmnist.main(argv)
-        in_chans = 3 if "--in-chans" in extra else 1
-        macs, speed = _speed(run["model"], in_chans, run["image_size"])
-        row = {"model": label, "params": run["params"], "MMACs": macs / 1e6, "images/s": speed,
-               "checkpoint MiB": run["size_bytes"] / 2**20, "train s": run["train_seconds"], "folder": str(out)}
-        if run["task"] == "classification":
-            classification.append({"model": label, "top-1 %": run["metrics"]["top1"], **row})
+        row = {"label": label, "model": model, "model_kwargs": kwargs, "task": run["task"], "metrics": run["metrics"],
+               "params": run["params"], "size_bytes": run["size_bytes"], "train_seconds": run["train_seconds"],
+               "steps": run["steps"], "train_images": subset or 60_000, "image_size": run["image_size"],
+               "in_chans": 3 if "--in-chans" in extra else 1}
+        (out / "row.json").write_text(json.dumps(row, indent=2))
+
+
+def report(args: argparse.Namespace) -> None:
+    classification, segmentation = [], []
+    for _, model, kwargs, _ in RUNS:
+        folder = args.out / _folder(model, kwargs)
+        if not (folder / "row.json").is_file():
+            continue
+        row = json.loads((folder / "row.json").read_text())
+        macs, speed = _speed(_load(folder, row), row["in_chans"], row["image_size"])
+        batch = 64 if row["task"] == "segmentation" else 128
+        common = {"params": row["params"], "MMACs": macs / 1e6, "images/s": speed,
+                  "checkpoint MiB": row["size_bytes"] / 2**20, "steps x batch": f"{row['steps']} x {batch}",
+                  "train s": row["train_seconds"], "folder": str(folder)}
+        if row["task"] == "classification":
+            classification.append({"model": row["label"], "top-1 %": row["metrics"]["top1"], **common})
         else:
-            segmentation.append({"model": label, "Dice %": run["metrics"]["dice"], "IoU %": run["metrics"]["iou"],
-                                 **row})
+            segmentation.append({"model": row["label"], "Dice %": row["metrics"]["dice"],
+                                 "IoU %": row["metrics"]["iou"], **common})
     seen = lambda n: "all 60,000" if not n else f"a seeded {n:,}-image subset of the 60,000"
     notes = (f"One recipe for every row: {args.epochs} epoch(s) over {seen(args.train_subset)} training images "
              f"(segmentation: {seen(args.seg_subset)}, batch 64, BCE + soft Dice), AdamW (lr 2e-3, weight decay "
@@ -122,13 +141,23 @@ def main() -> None:
     sections = [(heading, rows) for heading, rows in (
         ("Classification (top-1 on the test split)", classification),
         ("Silhouette segmentation (mean per-image Dice / IoU)", segmentation)) if rows]
-    if args.no_write:
-        from _harness import markdown_table
-
-        for heading, rows in sections:
-            print(f"## {heading}\n\n{markdown_table(rows)}\n")
-        return
     write_result("fmnist_classification", "Fashion-MNIST: attention variants under one recipe", sections, notes)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("/tmp/az_ckpt"))
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--train-subset", type=int, default=12_800,
+                        help="train on this many images (a seeded subset; 0 = all 60,000)")
+    parser.add_argument("--seg-subset", type=int, default=3_200, help="the same for the segmentation rows")
+    parser.add_argument("--only", nargs="*", default=None, help="train only these rows (model or folder names)")
+    parser.add_argument("--report-only", action="store_true", help="skip training, report what --out holds")
+    args = parser.parse_args()
+    threads_from_env()
+    if not args.report_only:
+        train(args)
+    report(args)
 
 
 if __name__ == "__main__":
