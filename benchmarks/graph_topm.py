@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import multiprocessing as mp
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -54,38 +53,6 @@ def _step(layer: torch.nn.Module, x: torch.Tensor, edge_index: torch.Tensor) -> 
     return run
 
 
-def _rss_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _cpu_peak_child(num_nodes: int, mode: str, name: str, block_size: int, queue: mp.Queue) -> None:
-    threads_from_env()
-    data = random_graph(num_nodes, EDGES_PER_NODE, num_channels=CHANNELS)
-    torch.manual_seed(0)
-    fn = _step(_layers(mode, block_size, ["torch"])[name]().train(), data.x, data.edge_index)
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS: count this step only
-    base = _rss_kib("VmRSS")
-    fn()
-    queue.put((_rss_kib("VmHWM") - base) / 1024)
-
-
-def _peak_mib(fn: Callable[[], None], device: str, num_nodes: int, mode: str, name: str, block_size: int) -> float:
-    """CUDA: the harness. CPU: a *spawned* child (the harness forks, and a fork after PyTorch's intra-op thread
-    pool has run deadlocks the child in OpenMP), which rebuilds the same graph and layer."""
-    if device == "cuda":
-        return peak_memory_mb(fn, device)
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_cpu_peak_child, args=(num_nodes, mode, name, block_size, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
-
-
 def _measure(sizes: list[int], mode: str, device: str, block_size: int, backends: list[str]) -> list[dict]:
     rows, baseline = [], None
     for num_nodes in sizes:
@@ -99,7 +66,7 @@ def _measure(sizes: list[int], mode: str, device: str, block_size: int, backends
             fn = _step(build().to(device).train(), x, edge_index)
             try:
                 ms = time_ms(fn, device, warmup=0 if large else 1, repeat=1 if large else 3)
-                mib = _peak_mib(fn, device, num_nodes, mode, name, block_size)
+                mib = peak_memory_mb(fn, device, warmup=False)  # time_ms has just run the step once or more
             except Exception as err:  # one failing variant (e.g. out of memory) must not lose the other rows
                 print(f"{name} at {num_nodes} nodes failed: {err!r}", flush=True)
                 rows.append({"nodes": num_nodes, "layer": name, "fwd+bwd ms": "failed", "peak MiB": type(err).__name__,
@@ -147,10 +114,15 @@ def main() -> None:
              f"here), forward + `out.sum().backward()`. TopM backends: {', '.join(backends)} (torch = the PyTorch "
              f"reference, chunked over queries). Measured on {where}. "
              "Sizes above 100k vertices (and knn >= 50k on CPU) are timed once without warm-up. "
-             "Peak memory: CPU = high-water RSS added by one step in a spawned child (peak reset before the step); "
-             "CUDA = "
-             "max_memory_allocated above the inputs. GATConv adds self-loops (11 edges per vertex). 'knn' does "
+             "Peak memory: what one step adds after the timed steps, from _harness.peak_memory_mb (CPU, in-process: "
+             "VmHWM, reset through /proc/self/clear_refs after gc and malloc_trim, over the RSS before the step, "
+             "glibc's default allocator settings; CUDA: max_memory_allocated above the inputs). "
+             "GATConv adds self-loops (11 edges per vertex). 'knn' does "
              "O(N²·d) work by definition; its memory stays O(N·m) (one similarity tile at a time).")
+    if args.device == "cpu":
+        notes += (" CPU peaks below 1M vertices move by up to ~30% between runs with the heap's history (glibc "
+                  "recycles freed tensors under its dynamic mmap threshold, up to 32 MiB, through the heap); at 1M "
+                  "every large tensor is mapped and unmapped on its own.")
     write_result(f"graph_topm_{args.device}", "Top-m graph attention (TANGNN) vs GATConv / TransformerConv",
                  sections, notes)
 
