@@ -128,7 +128,7 @@ def train_run(name: str, attention: str, train: dict, val: dict, train_depth: to
             row["val_loss"], row["val_iou"] = evaluate(model, val, val_depth, 2 * args.batch_size, args.device)
             bar.set_postfix(iou=f"{row['val_iou']:.1f}")
         log.append(row)
-    return {"run": name, "val_iou": log[-1]["val_iou"], "seconds": time.perf_counter() - start}
+    return {"run": name, "val_iou": log[-1]["val_iou"], "seconds": time.perf_counter() - start, "model": model}
 
 
 def write_csv(log: list[dict], path: Path) -> None:
