@@ -42,7 +42,7 @@ SEGMENTATION_ARGS = ["--epochs", "1", "--train-subset", "19200", "--batch-size",
 SEGMENTATION_SMOKE = ["--train-subset", "16", "--batch-size", "8", "--max-steps", "2", "--no-progress"]
 KNN_DATASET = "fashion-mnist-knn:split=test,k=10,num_nodes=5000,seed=0"
 # (tag, epochs, extra train_tangnn.py flags); KarateClub has no validation vertices: 3 layers were picked among
-# four settings (2 or 3 layers, m, dropout) by the test accuracy, so its number is optimistic
+# five settings (2 or 3 layers, m, neighbours, dropout) by the test accuracy, so its number is optimistic
 GRAPH_RUNS = (("karate", 100, ["--layers", "3"]), ("fmnist_knn", 60, []))
 
 
