@@ -2,7 +2,7 @@
 
 Each run reuses the example that trains its task, so the recipe and the measured metric are the ones users get:
 
-* segmentation -- ``mkunet_t``, ``mkunet_s``, ``mkunet`` (one input channel, one output logit) on the Fashion-MNIST
+* segmentation -- ``mkunet_t``, ``mkunet_s``, ``mkunet`` (three input channels, one output logit) on the Fashion-MNIST
   silhouettes through ``train_fmnist.py`` (:func:`attnzoo.training.train_segmenter`); Dice and IoU on the 10,000
   test images, as ``attnzoo eval`` computes them (dataset ``fashion-mnist``);
 * graph -- ``tangnn`` full-batch through ``train_tangnn.py`` on KarateClub and on the k-NN graph of 5,000
@@ -64,14 +64,16 @@ def train_segmentation(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for arch in SEGMENTERS:
         folder = args.out / f"{arch}.fmnist_seg"
-        argv = ["--model", arch, "--in-chans", "1", "--seed", str(args.seed), "--out", str(folder),
+        # RGB input (the grey image repeated) like finetune_mkunet.py's default, so these weights fine-tune on
+        # image folders; MK-UNet repeats a grey input itself, so grey images work too
+        argv = ["--model", arch, "--in-chans", "3", "--seed", str(args.seed), "--out", str(folder),
                 *(SEGMENTATION_SMOKE if args.smoke else SEGMENTATION_ARGS)]
         if args.data_root is not None:
             argv += ["--data-root", str(args.data_root)]
         run = train_fmnist.main(argv)
         rows.append({"name": folder.name, "folder": folder, "metrics": run["metrics"], "params": run["params"],
                      "size": run["size_bytes"], "seconds": run["train_seconds"],
-                     "recipe": f"{run['steps']} steps, AdamW warm-up + cosine, flip/shift, 1 input channel"})
+                     "recipe": f"{run['steps']} steps, AdamW warm-up + cosine, flip/shift, grey repeated to RGB"})
     return rows
 
 

@@ -43,8 +43,8 @@ def test_saves_every_checkpoint_with_task_dataset_and_metrics(trained):
         assert all(0.0 <= v <= 100.0 for v in row["metrics"].values())
         assert row["size"] <= 4 * 2**20
     seg = json.loads((rows[0]["folder"] / "config.json").read_text())
-    # grey 28 x 28 input with Fashion-MNIST statistics: what the evaluator preprocesses the test images with
-    assert seg["model_args"]["in_chans"] == 1 and seg["pretrained_cfg"]["input_size"] == [1, 28, 28]
+    # 28 x 28 grey repeated to 3 channels with Fashion-MNIST statistics: how the evaluator preprocesses test images
+    assert seg["model_args"]["in_chans"] == 3 and seg["pretrained_cfg"]["input_size"] == [3, 28, 28]
 
 
 def test_published_checkpoints_evaluate_to_their_metrics(trained, tmp_path, monkeypatch):
