@@ -103,6 +103,8 @@ def attention_maps(model: nn.Module, x: torch.Tensor, max_maps: int | None = Non
         model: any model containing modules of the classes in :data:`GATING_CLASSES` / :data:`HALO_CLASSES`.
         x: (1, C, H, W) model input.
         max_maps: keep this many, spread evenly over depth (first and last included); None keeps all.
+
+    Modules that see a single spatial position (deep stages of small inputs) give no map.
     """
     if x.dim() != 4 or x.shape[0] != 1:
         raise ValueError(f"x: got shape {tuple(x.shape)}, expected one image (1, C, H, W)")
@@ -128,6 +130,8 @@ def attention_maps(model: nn.Module, x: torch.Tensor, max_maps: int | None = Non
     maps = []
     for name, module, inp, out in captured:
         h, w = inp.shape[-2:]
+        if h * w == 1:  # one position (a deep stage of a small input): no spatial map to show
+            continue
         if _kind(module) == "gate":
             # (h, w): how much the module scales the features at each position
             ratio = out[0].abs().mean(0) / inp[0].abs().mean(0).clamp_min(1e-6)

@@ -152,6 +152,7 @@ def test_halo_map_marks_the_peak_block_and_its_window():
         viz.attention_maps(nn.Conv2d(1, 1, 1), x)
     with pytest.raises(ValueError, match="one image"):
         viz.attention_maps(model, torch.randn(2, 1, 16, 16))
+    assert viz.attention_maps(model, torch.randn(1, 1, 2, 2)) == []  # a 1x1 feature map has nothing to show
 
 
 def test_viz_main_writes_png_for_fmnist_index_and_file(root, hub_dir, tmp_path):
