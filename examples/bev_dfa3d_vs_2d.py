@@ -9,7 +9,7 @@ and validation IoU per run) and ``curves.png`` into ``--out``, and with ``--reco
 ``benchmarks/results/bev_iou.md``.
 
     python examples/bev_dfa3d_vs_2d.py --out runs/bev            # about 10 min on 2 CPU cores
-    python examples/bev_dfa3d_vs_2d.py --out /tmp/bev --smoke     # seconds: 2 steps per run, tiny data
+    python examples/bev_dfa3d_vs_2d.py --out runs/bev --smoke     # seconds: 2 steps per run, tiny data
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ whole graph: that is what makes the method fit in memory here, and it is an appr
 Writes ``metrics.csv`` (one row per epoch), ``curves.png`` and ``model.pt`` under ``--out``.
 
     python examples/tangnn_neighborloader.py --graph fmnist --num-nodes 20000 --epochs 10
-    python examples/tangnn_neighborloader.py --smoke --out /tmp/tangnn_smoke
+    python examples/tangnn_neighborloader.py --smoke --out runs/tangnn_smoke
 """
 
 from __future__ import annotations

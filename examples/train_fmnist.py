@@ -10,8 +10,8 @@ model under the same recipe (the attention-free / SE / timm-ELA baselines of the
 as ``model.safetensors`` + ``metrics.json`` only, since the attnzoo hub publishes registered models.
 
     python examples/train_fmnist.py --model ela_resnet18 --model-kwargs '{"channels": [16, 32, 64, 128]}' \\
-        --epochs 2 --out /tmp/az_ckpt/ela_resnet18
-    attnzoo publish ela_resnet18.fmnist --from /tmp/az_ckpt/ela_resnet18 --to weights/
+        --epochs 2 --out runs/ela_resnet18
+    attnzoo publish ela_resnet18.fmnist --from runs/ela_resnet18 --to weights/
 """
 
 from __future__ import annotations

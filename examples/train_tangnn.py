@@ -7,7 +7,7 @@
 The whole graph is one batch (see examples/tangnn_neighborloader.py for neighbour-sampled mini-batches).
 Progress bar, ``metrics.csv`` and ``curves.png`` as in the other examples; the saved metric is the test accuracy.
 
-    python examples/train_tangnn.py --dataset karateclub --out /tmp/az_ckpt/tangnn_karate
+    python examples/train_tangnn.py --dataset karateclub --out runs/tangnn_karate
 """
 
 from __future__ import annotations
