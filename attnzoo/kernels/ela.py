@@ -24,23 +24,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from attnzoo._checks import check_nchw
 from attnzoo.kernels._dispatch import resolve_backend, triton_kernels
 
-__all__ = ["check_nchw", "ela_gate", "ela_gate_backward_reference", "ela_gate_reference"]
+__all__ = ["ela_gate", "ela_gate_backward_reference", "ela_gate_reference"]
 
-
-
-def check_nchw(x: torch.Tensor, channels: int | None = None, where: str = "ela_gate", name: str = "x") -> None:
-    """Raise ValueError unless ``x`` is a floating-point (B, C, H, W) tensor (with ``channels`` channels if given)."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{where}: {name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"{where}: {name} must be a 4-D (B, C, H, W) tensor, got {x.dim()}-D shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise ValueError(f"{where}: {name} must have a floating-point dtype, got {x.dtype}")
-    if channels is not None and x.shape[1] != channels:
-        raise ValueError(f"{where}: {name} must have {channels} channels (dim 1), got {x.shape[1]} "
-                         f"in shape {tuple(x.shape)}")
 
 
 def ela_gate_reference(x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor,
@@ -194,7 +182,7 @@ def ela_gate(x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor, n
     Shapes:
         x: (B, C, H, W); weight: (C, C // groups, k); norm_weight, norm_bias: (C,); returns (B, C, H, W).
     """
-    check_nchw(x)
+    check_nchw(x, where="ela_gate")
     channels = x.shape[1]
     for name, value in (("groups", groups), ("norm_groups", norm_groups)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1 or channels % value:

@@ -28,7 +28,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from attnzoo.kernels.ela import check_nchw, ela_gate
+from attnzoo._checks import check_nchw
+from attnzoo.kernels.ela import ela_gate
 
 __all__ = ["ELA", "ELA_VARIANTS"]
 

@@ -33,6 +33,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn as nn
 
+from attnzoo._checks import check_nchw
+
 ActLayer = str | Callable[..., nn.Module]
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -65,18 +67,6 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     b, c, h, w = x.shape
     x = x.view(b, groups, c // groups, h, w)  # (B, groups, C/groups, H, W)
     return x.transpose(1, 2).reshape(b, c, h, w)  # (B, C, H, W)
-
-
-def check_feature_map(x: torch.Tensor, channels: int | None, name: str = "x") -> None:
-    """Raise ValueError unless ``x`` is a floating (B, channels, H, W) tensor (any channel count for None)."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"{name} must be 4-D (B, C, H, W), got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    if channels is not None and x.shape[1] != channels:
-        raise ValueError(f"{name} must have {channels} channels, got {x.shape[1]} (shape {tuple(x.shape)})")
 
 
 def init_authors(module: nn.Module) -> None:
@@ -153,7 +143,7 @@ class MKDC(nn.Module):
                 f"combine={self.combine!r}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_feature_map(x, self.channels)
+        check_nchw(x, self.channels)
         outputs = []
         for branch in self.dwconvs:
             y = branch(x)
@@ -226,7 +216,7 @@ class MKIR(nn.Module):
                 f"shuffle_groups={self.shuffle_groups}, skip={'proj' if self.conv1x1 is not None else self.use_skip}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_feature_map(x, self.in_channels)
+        check_nchw(x, self.in_channels)
         out = self.multi_scale_dwconv(self.pconv1(x))  # (B, combined, H', W')
         out = self.pconv2(channel_shuffle(out, self.shuffle_groups))  # (B, out_channels, H', W')
         if not self.use_skip:
@@ -273,7 +263,7 @@ class ChannelAttention(nn.Module):
         return f"{self.channels}, ratio={self.ratio}, reduced_channels={self.reduced_channels}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_feature_map(x, self.channels)
+        check_nchw(x, self.channels)
         avg = self.fc2(self.activation(self.fc1(self.avg_pool(x))))  # (B, C, 1, 1)
         peak = self.fc2(self.activation(self.fc1(self.max_pool(x))))  # (B, C, 1, 1)
         return self.sigmoid(avg + peak)
@@ -308,7 +298,7 @@ class SpatialAttention(nn.Module):
         return f"kernel_size={self.kernel_size}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_feature_map(x, None)
+        check_nchw(x, None)
         pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)  # (B, 2, H, W)
         return self.sigmoid(self.conv(pooled))
 
@@ -368,8 +358,8 @@ class GroupedAttentionGate(nn.Module):
                 f"kernel_size={self.kernel_size}, groups={self.groups}")
 
     def forward(self, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        check_feature_map(g, self.gate_channels, "g")
-        check_feature_map(x, self.skip_channels, "x")
+        check_nchw(g, self.gate_channels, "g")
+        check_nchw(x, self.skip_channels, "x")
         if g.shape[2:] != x.shape[2:]:
             raise ValueError(f"g and x must have the same spatial size, got {tuple(g.shape)} and {tuple(x.shape)}")
         psi = self.psi(self.activation(self.W_g(g) + self.W_x(x)))  # (B, 1, H, W)

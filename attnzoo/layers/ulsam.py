@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from attnzoo.kernels.ela import check_nchw
+from attnzoo._checks import check_nchw
 
 __all__ = ["ULSAM"]
 

@@ -29,12 +29,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from attnzoo._checks import check_nchw
 from attnzoo.layers.mkdc import (
     MKIR,
     ChannelAttention,
     GroupedAttentionGate,
     SpatialAttention,
-    check_feature_map,
     init_authors,
 )
 from attnzoo.zoo._registry import register_model
@@ -144,10 +144,10 @@ class MKUNet(nn.Module):
 
     def _prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         """Check ``x``, repeat a grey image to RGB when the model expects 3 channels, pad the sides to 32."""
-        check_feature_map(x, None)
+        check_nchw(x, None)
         if x.shape[1] == 1 and self.in_chans == 3:
             x = x.repeat(1, 3, 1, 1)  # (B, 3, H, W)
-        check_feature_map(x, self.in_chans)
+        check_nchw(x, self.in_chans)
         pad_h, pad_w = -x.shape[2] % STRIDE, -x.shape[3] % STRIDE
         return F.pad(x, (0, pad_w, 0, pad_h)) if pad_h or pad_w else x  # (B, in_chans, H32, W32)
 
