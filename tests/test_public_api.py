@@ -31,3 +31,19 @@ def test_ops_take_backend():
 def test_every_task_has_models():
     for task in ("classification", "segmentation", "graph", "bev"):
         assert attnzoo.list_models(task=task), task
+
+
+def test_publishing_a_checkpoint_does_not_change_the_default_architecture():
+    import timm
+
+    from attnzoo import hub
+
+    published = {r.arch: r.name for r in hub.all_records() if r.task == "classification"}
+    assert published, "the embedded hub has classification checkpoints"
+    for arch, name in published.items():
+        assert name in timm.list_pretrained(f"{arch}.*")
+        default = attnzoo.create_model(arch)
+        assert default.pretrained_cfg["tag"] == "untrained"
+        base = timm.models.get_pretrained_cfg(f"{arch}.untrained")
+        assert default.num_classes == base.num_classes  # the base cfg's head, not the checkpoint's
+        assert default.pretrained_cfg["input_size"] == base.input_size

@@ -21,6 +21,7 @@ import fnmatch
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch.nn as nn
@@ -62,7 +63,7 @@ def hub_default_cfgs(base_cfgs: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
     Each published ``arch.tag`` inherits the architecture's base cfg, updated with the manifest record's
     ``pretrained_cfg`` (num_classes, input_size, mean, std, ...) and its Hugging Face id, so that timm
-    counts it as pretrained. Architectures without a checkpoint get the ``.untrained`` tag.
+    counts it as pretrained. The base cfg itself is the ``.untrained`` tag and stays the default.
     """
     from timm.models import generate_default_cfgs
 
@@ -70,12 +71,19 @@ def hub_default_cfgs(base_cfgs: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
     cfgs: dict[str, dict[str, Any]] = {}
     for arch, base in base_cfgs.items():
-        records = hub.records_for(arch)
-        for record in records:
-            cfgs[f"{arch}.{record.tag}"] = {**base, **record.pretrained_cfg, "hf_hub_id": record.hf_hub_id or ""}
-        if not records:
-            cfgs[f"{arch}.untrained"] = dict(base)
-    return generate_default_cfgs(cfgs)
+        # the base cfg comes first, so it stays the default tag: a published checkpoint's cfg (say 10 classes, one
+        # 28x28 channel) must not change what `create_model(arch)` builds
+        cfgs[f"{arch}.untrained"] = dict(base)
+        for record in hub.records_for(arch):
+            # a weight source makes timm count the tag as pretrained; loading still goes through attnzoo.hub
+            sources = {"file": str(Path(record.hub_dir) / record.file) if record.hub_dir else None,
+                       "url": record.url or "", "hf_hub_id": record.hf_hub_id or ""}
+            cfgs[f"{arch}.{record.tag}"] = {**base, **record.pretrained_cfg, **sources}
+    default_cfgs = generate_default_cfgs(cfgs)
+    for default_cfg in default_cfgs.values():  # timm promotes the first tag with weights; keep the base first
+        default_cfg.tags.remove("untrained")
+        default_cfg.tags.appendleft("untrained")
+    return default_cfgs
 
 
 def build_classifier(model_cls: type[nn.Module], variant: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
