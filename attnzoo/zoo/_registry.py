@@ -115,6 +115,7 @@ def _wrap_entrypoint(name: str, task: str, fn: Callable[..., nn.Module]) -> Call
 
         allow_pickle = kwargs.pop("allow_pickle", False)
         checkpoint_path = kwargs.pop("checkpoint_path", None)
+        cache_dir = kwargs.pop("cache_dir", None)
         overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
         explicit = overlay.pop("file", None) or checkpoint_path
         cfg = kwargs.pop("pretrained_cfg", None)
@@ -128,10 +129,9 @@ def _wrap_entrypoint(name: str, task: str, fn: Callable[..., nn.Module]) -> Call
                 path = hub.check_loadable(explicit, allow_pickle)
             else:
                 record = hub.find_record(name, cfg)
-                path = hub.resolve_file(record, cache_dir=kwargs.pop("cache_dir", None))
+                path = hub.resolve_file(record, cache_dir=cache_dir)
                 model_args = {**record.model_kwargs, **model_args}
                 kwargs = {**record.model_kwargs, **kwargs}
-        kwargs.pop("cache_dir", None)
         if task == "classification":
             if record is not None:
                 cfg = _hub_pretrained_cfg(name, record)
