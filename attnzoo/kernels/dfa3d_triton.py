@@ -78,17 +78,22 @@ def _depth_taps(depth_ptr, depth_row, z0, inside, num_bins, ACC: tl.constexpr):
 
 
 @triton.jit
+def _program_rows(num_queries, num_heads, channels, BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's batch, head, query mask, channel range and mask, and flat (b, q, head) row indices."""
+    b = tl.program_id(1) // num_heads
+    head = tl.program_id(1) % num_heads
+    q = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    c = tl.arange(0, BLOCK_C)
+    qh = ((b * num_queries + q) * num_heads + head).to(tl.int64)  # (BLOCK_Q,)
+    return b, head, q < num_queries, c, c < channels, qh
+
+
+@triton.jit
 def _deform_attn_fwd_kernel(value_ptr, depth_ptr, shapes_ptr, starts_ptr, loc_ptr, attn_ptr, out_ptr,
                             num_queries, num_keys, num_heads, channels, num_levels, num_points, num_bins,
                             HAS_DEPTH: tl.constexpr, ACC: tl.constexpr, BLOCK_Q: tl.constexpr,
                             BLOCK_C: tl.constexpr):
-    b = tl.program_id(1) // num_heads
-    head = tl.program_id(1) % num_heads
-    q = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    qmask = q < num_queries
-    c = tl.arange(0, BLOCK_C)
-    cmask = c < channels
-    qh = ((b * num_queries + q) * num_heads + head).to(tl.int64)  # (BLOCK_Q,): flat (b, q, head) index
+    b, head, qmask, c, cmask, qh = _program_rows(num_queries, num_heads, channels, BLOCK_Q, BLOCK_C)
     acc = tl.zeros([BLOCK_Q, BLOCK_C], dtype=ACC)
     for lvl in range(num_levels):
         h = tl.load(shapes_ptr + 2 * lvl)
@@ -119,13 +124,7 @@ def _deform_attn_bwd_kernel(grad_out_ptr, value_ptr, depth_ptr, shapes_ptr, star
                             num_queries, num_keys, num_heads, channels, num_levels, num_points, num_bins,
                             HAS_DEPTH: tl.constexpr, ACC: tl.constexpr, BLOCK_Q: tl.constexpr,
                             BLOCK_C: tl.constexpr):
-    b = tl.program_id(1) // num_heads
-    head = tl.program_id(1) % num_heads
-    q = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    qmask = q < num_queries
-    c = tl.arange(0, BLOCK_C)
-    cmask = c < channels
-    qh = ((b * num_queries + q) * num_heads + head).to(tl.int64)  # (BLOCK_Q,): flat (b, q, head) index
+    b, head, qmask, c, cmask, qh = _program_rows(num_queries, num_heads, channels, BLOCK_Q, BLOCK_C)
     g = tl.load(grad_out_ptr + qh[:, None] * channels + c[None, :], mask=qmask[:, None] & cmask[None, :],
                 other=0.0).to(ACC)  # (BLOCK_Q, BLOCK_C)
     num_coords: tl.constexpr = 2 + HAS_DEPTH
