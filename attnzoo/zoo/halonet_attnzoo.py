@@ -15,6 +15,11 @@ it is timm's ``SelfAttnBlock`` with the same state_dict keys, and ``azhalonet_h1
 
 Unverified choices, following timm's ``halonet_h1``: ReLU activations, 8 heads in every stage, timm's
 initialisation. Any input size works (the layer pads and crops), so the default sizes are only the paper's.
+
+Not in the paper, for small inputs and small checkpoints: every entrypoint takes ``width_multiplier`` (scales the
+stem and all stage widths) and ``block_size`` / ``halo_size`` (replace b and h). The Fashion-MNIST checkpoint
+``azhalonet_h0.fmnist`` is H0 at ``width_multiplier=0.375, block_size=4, halo_size=1``: at 28x28 the stage maps
+are 7, 4, 2 and 1 px, where the paper's 8-px blocks would make every layer one padded block.
 """
 
 from __future__ import annotations
@@ -124,25 +129,33 @@ class HaloBottleneck(nn.Module):
 
 
 def halonet_cfg(block_size: int, halo_size: int, value_ratio: float, width_ratio: float, stage3_depth: int,
-                num_features: int = 0, **attn_kwargs: Any) -> ByoModelCfg:
+                num_features: int = 0, width_multiplier: float = 1.0, **attn_kwargs: Any) -> ByoModelCfg:
     """ByobNet config of a paper HaloNet: ``(b, h, rv, rb, l3, df)`` of the paper's table.
 
-    ``attn_kwargs`` go to every :class:`~attnzoo.layers.halo.HaloAttention` (e.g. ``mask_padding=True``).
+    ``width_multiplier`` (not in the paper) scales the stem and every stage width (bottleneck and output) for
+    small models, e.g. 0.25 for the Fashion-MNIST checkpoint; 1.0 is the paper's model. ``attn_kwargs`` go to
+    every :class:`~attnzoo.layers.halo.HaloAttention` (e.g. ``mask_padding=True``).
     """
+    if not 0 < width_multiplier <= 1 or 64 * width_multiplier < 8:
+        raise ValueError(f"width_multiplier must be in [0.125, 1] (8 to 64 stem channels), got {width_multiplier}")
     block = partial(HaloBottleneck, value_ratio=value_ratio)
     stages = zip((3, 3, stage3_depth, 3), (64, 128, 256, 512), (1, 2, 2, 2), strict=True)
     return ByoModelCfg(
-        blocks=tuple(ByoBlockCfg(type=block, d=d, c=int(c * width_ratio), s=s, gs=0, br=1.0 / width_ratio)
-                     for d, c, s in stages),
-        stem_chs=64, stem_type="7x7", stem_pool="maxpool", num_features=num_features,
+        blocks=tuple(ByoBlockCfg(type=block, d=d, c=make_divisible(c * width_ratio * width_multiplier), s=s, gs=0,
+                                 br=1.0 / width_ratio) for d, c, s in stages),
+        stem_chs=make_divisible(64 * width_multiplier), stem_type="7x7", stem_pool="maxpool",
+        num_features=num_features,
         self_attn_layer=HaloAttention, self_attn_kwargs=dict(block_size=block_size, halo_size=halo_size,
                                                              **attn_kwargs))
 
 
 def _create_halonet(variant: str, pretrained: bool, attn_kwargs: dict[str, Any] | None = None,
+                    width_multiplier: float = 1.0, block_size: int | None = None, halo_size: int | None = None,
                     **kwargs: Any) -> ByobNet:
+    """Build ``variant``; ``block_size``/``halo_size`` replace the paper's b/h (e.g. b=4, h=1 for 28-px inputs)."""
     b, h, rv, rb, l3, df, _ = HALONET_CONFIGS[variant.rpartition("_")[2]]
-    cfg = halonet_cfg(b, h, rv, rb, l3, df, **(attn_kwargs or {}))
+    b, h = block_size or b, h if halo_size is None else halo_size
+    cfg = halonet_cfg(b, h, rv, rb, l3, df, width_multiplier=width_multiplier, **(attn_kwargs or {}))
     return build_classifier(ByobNet, variant, pretrained, model_cfg=cfg, **kwargs)
 
 

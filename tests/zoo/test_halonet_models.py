@@ -43,6 +43,23 @@ def test_h0_is_a_timm_model():
     check_timm_classifier("azhalonet_h0", input_size=(3, 64, 64))
 
 
+def test_width_multiplier_and_block_override_build_the_small_fmnist_model():
+    model = create_model("azhalonet_h0", width_multiplier=0.375, block_size=4, halo_size=1, num_classes=10,
+                         in_chans=1)
+    assert sum(p.numel() for p in model.parameters()) == 749_326
+    assert model.stem.conv1.conv.out_channels == 24
+    attns = [m for m in model.modules() if isinstance(m, HaloAttention)]
+    assert len(attns) == 16 and {(a.block_size, a.halo_size) for a in attns} == {(4, 1)}
+    assert [stage[0].conv1_1x1.conv.out_channels for stage in model.stages] == [32, 48, 96, 192]
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("multiplier", [0.0, 0.1, 1.5])
+def test_width_multiplier_out_of_range_is_refused(multiplier):
+    with pytest.raises(ValueError, match=f"width_multiplier must be in .*got {multiplier}"):
+        create_model("azhalonet_h0", width_multiplier=multiplier)
+
+
 def test_h1_has_timms_halonet_h1_layout():
     with torch.device("meta"):
         ours, theirs = create_model("azhalonet_h1"), timm.create_model("halonet_h1")
