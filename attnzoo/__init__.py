@@ -7,7 +7,13 @@
 
 __version__ = "0.1.0"
 
-from attnzoo import zoo  # noqa: E402,F401  (registers every model, in attnzoo's and timm's registries)
+import warnings
+
+# PyTorch Geometric scripts a class at import, which recent torch releases report as a FutureWarning on every run of
+# every program that imports attnzoo; it is PyG's to fix, so it is silenced for this import only.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+    from attnzoo import zoo  # noqa: E402,F401  (registers every model, in attnzoo's and timm's registries)
 from attnzoo.hub import from_pretrained, save_pretrained  # noqa: E402
 from attnzoo.zoo._registry import create_model, list_models, list_pretrained  # noqa: E402
 

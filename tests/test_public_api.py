@@ -1,6 +1,8 @@
 """The stable public names of DESIGN.md exist, and every op takes the backend switch."""
 
 import inspect
+import subprocess
+import sys
 
 import attnzoo
 import attnzoo.kernels
@@ -47,3 +49,10 @@ def test_publishing_a_checkpoint_does_not_change_the_default_architecture():
         base = timm.models.get_pretrained_cfg(f"{arch}.untrained")
         assert default.num_classes == base.num_classes  # the base cfg's head, not the checkpoint's
         assert default.pretrained_cfg["input_size"] == base.input_size
+
+
+def test_import_prints_no_third_party_deprecation_noise():
+    # PyG's import-time torch.jit.script warning is silenced for attnzoo's import only
+    result = subprocess.run([sys.executable, "-W", "always", "-c", "import attnzoo"], capture_output=True, text=True,
+                            check=True)
+    assert "torch.jit.script" not in result.stderr
