@@ -89,7 +89,8 @@ def environment() -> str:
     if torch.cuda.is_available():
         device = torch.cuda.get_device_name()
     else:
-        device = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+        threads = torch.get_num_threads()
+        device = f"CPU ({platform.processor() or platform.machine()}, {threads} thread{'s' * (threads > 1)})"
     listed = ", ".join(f"{k} {v}" for k, v in versions.items())
     return f"Device: {device}. Versions: {listed}. Date: {datetime.date.today().isoformat()}."
 

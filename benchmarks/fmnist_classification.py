@@ -9,6 +9,9 @@ of optimiser steps for every classification row. Rows:
   local residual), all in the same block slot;
 - ``ulsam_mobilenetv2_100`` (weights stored in float16 to fit 4 MiB);
 - ``ninformer_cifar`` adapted to 28x28 x 1 channel (4x4 patches: 49 tokens), d=64, d_ffn=128;
+- ``azhalonet_h0`` with every width x0.375 (755k params, like the narrow ResNet-18) and 4-px blocks with a 1-px
+  halo: at 28x28 the stage maps are 7, 4, 2 and 1 px, so the paper's 8-px blocks would make every layer one
+  padded block;
 - MK-UNet T / S / base on the silhouette segmentation task (Dice, IoU).
 
 MACs are attnzoo.profiling.count_macs at 1x1x28x28 (modules as ptflops counts them; work inside custom ops and
@@ -26,7 +29,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -46,6 +51,8 @@ RUNS: list[tuple[str, str, dict[str, Any], list[str]]] = [
     ("ela_resnet18 (attnzoo ELA-B)", "ela_resnet18", NARROW, []),
     ("ulsam_mobilenetv2_100", "ulsam_mobilenetv2_100", {}, ["--save-dtype", "float16"]),
     ("ninformer_cifar (28x28, d=64)", "ninformer_cifar", {"img_size": 28, "embed_dim": 64, "d_ffn": 128}, []),
+    ("azhalonet_h0 (x0.375 widths, b=4, h=1)", "azhalonet_h0",
+     {"width_multiplier": 0.375, "block_size": 4, "halo_size": 1}, []),
     ("mkunet_t", "mkunet_t", {}, ["--in-chans", "3"]),
     ("mkunet_s", "mkunet_s", {}, ["--in-chans", "3"]),
     ("mkunet", "mkunet", {}, ["--in-chans", "3"]),
@@ -59,11 +66,12 @@ def _train_fmnist():
     return module
 
 
-def _folder(model: str, kwargs: dict[str, Any]) -> str:
-    if not model.startswith("timm:"):
-        return model
-    attn = kwargs.get("block_args", {}).get("attn_layer", "plain")
-    return f"{model.removeprefix('timm:')}_{attn}"
+def _folder(model: str, kwargs: dict[str, Any], seed: int = 0) -> str:
+    """Run folder: the model name (timm rows: backbone_attention), with ``_seedN`` for seeds other than 0."""
+    name = model
+    if model.startswith("timm:"):
+        name = f"{model.removeprefix('timm:')}_{kwargs.get('block_args', {}).get('attn_layer', 'plain')}"
+    return name if seed == 0 else f"{name}_seed{seed}"
 
 
 @torch.no_grad()
@@ -93,22 +101,31 @@ def _load(folder: Path, row: dict[str, Any]) -> torch.nn.Module:
 
 def train(args: argparse.Namespace) -> None:
     train_fmnist = _train_fmnist()
-    for label, model, kwargs, extra in RUNS:
+    for (label, model, kwargs, extra), seed in itertools.product(RUNS, args.seeds):
         if args.only and model not in args.only and _folder(model, kwargs) not in args.only:
             continue
-        out = args.out / _folder(model, kwargs)
+        out = args.out / _folder(model, kwargs, seed)
         segmentation = model.startswith("mkunet")
         subset = args.seg_subset if segmentation else args.train_subset
         argv = ["--model", model, "--model-kwargs", json.dumps(kwargs), "--epochs", str(args.epochs),
-                "--out", str(out), *extra]
+                "--seed", str(seed), "--out", str(out), *extra]
         argv += ["--train-subset", str(subset)] if subset else []
         argv += ["--batch-size", "64"] if segmentation else []
         run = train_fmnist.main(argv)
         row = {"label": label, "model": model, "model_kwargs": kwargs, "task": run["task"], "metrics": run["metrics"],
                "params": run["params"], "size_bytes": run["size_bytes"], "train_seconds": run["train_seconds"],
                "steps": run["steps"], "train_images": subset or 60_000, "image_size": run["image_size"],
-               "in_chans": 3 if "--in-chans" in extra else 1}
+               "in_chans": 3 if "--in-chans" in extra else 1, "seed": seed}
         (out / "row.json").write_text(json.dumps(row, indent=2))
+
+
+def _other_seeds(out: Path, model: str, kwargs: dict[str, Any], metric: str) -> str:
+    """'mean ± sd (n)' of ``metric`` over every seed trained for this row, or '' when only seed 0 was."""
+    rows = {path.parent.name: json.loads(path.read_text()) for path in out.glob(f"{_folder(model, kwargs)}*/row.json")}
+    values = [row["metrics"][metric] for name, row in rows.items() if name == _folder(model, kwargs, row["seed"])]
+    if len(values) < 2:
+        return ""
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} ({len(values)})"
 
 
 def report(args: argparse.Namespace) -> None:
@@ -124,22 +141,24 @@ def report(args: argparse.Namespace) -> None:
                   "checkpoint MiB": row["size_bytes"] / 2**20, "steps x batch": f"{row['steps']} x {batch}",
                   "train s": row["train_seconds"], "folder": folder.name}
         if row["task"] == "classification":
-            classification.append({"model": row["label"], "top-1 %": row["metrics"]["top1"], **common})
+            classification.append({"model": row["label"], "top-1 % (seed 0)": f"{row['metrics']['top1']:.2f}",
+                                   "mean ± sd (seeds)": _other_seeds(args.out, model, kwargs, "top1"), **common})
         else:
-            segmentation.append({"model": row["label"], "Dice %": row["metrics"]["dice"],
-                                 "IoU %": row["metrics"]["iou"], **common})
-    notes = ("One recipe for every row: one pass over a seeded subset of the 60,000 training images, its size "
-             "given by the steps x batch column (segmentation: batch 64, BCE + soft Dice), AdamW (lr 2e-3, weight "
-             "decay 0.05 classification / 0.01 segmentation, 5% warm-up then cosine), random flip + shift by up to "
-             "2 px, seed 0, 28x28 input normalised with the training statistics; the 10,000 test images are the "
-             "validation set and give the numbers above (`attnzoo eval NAME` reproduces them from the saved "
-             "weights). The budget is small on purpose (each run a few minutes on a shared 2-core CPU): the "
-             "classification rows compare variants under equal compute, they are not converged accuracies; "
-             "MobileNetV2 ends at a 1x1 map on 28x28 inputs and learns slowest. Images/s and train seconds were "
-             "measured while other jobs shared the CPU and are indicative only. MMACs count modules (ptflops "
-             "convention), not the work inside custom ops (ELA's fused gate) or functional matmuls. The published "
-             "MK-UNet checkpoints come from examples/train_checkpoints.py with a longer budget "
-             "(benchmarks/results/checkpoints_other.md).")
+            segmentation.append({"model": row["label"], "Dice %": f"{row['metrics']['dice']:.2f}",
+                                 "IoU %": f"{row['metrics']['iou']:.2f}", **common})
+    notes = (f"One recipe for every row: {args.epochs} epochs over the training images (all 60,000 unless "
+             "--train-subset; the steps x batch column gives the optimiser steps; segmentation: batch 64, BCE + "
+             "soft Dice), AdamW (lr 2e-3, weight decay 0.05 classification / 0.01 segmentation, 5% warm-up then "
+             "cosine), random flip + shift by up to 2 px, 28x28 input normalised with the training statistics; the "
+             "10,000 test images are the validation set. Seed 0 gives the checkpoint and the 'top-1 % (seed 0)' "
+             "column (`attnzoo eval NAME` reproduces it from the saved weights); where a row was also trained with "
+             "other seeds, the next column gives mean ± sample sd (number of seeds): differences smaller than about "
+             "two sd are not evidence that one attention variant beats another. MobileNetV2 ends at a 1x1 map on "
+             "28x28 inputs and learns slowest. Images/s: forward of a batch of 256, one thread per run; train "
+             "seconds were measured with two runs sharing the 2-core CPU, one thread each, and are indicative only. "
+             "MMACs count modules (ptflops convention), not the work inside custom ops (ELA's fused gate, "
+             "HaloAttention's attention) or functional matmuls. The published MK-UNet checkpoints come from "
+             "examples/train_checkpoints.py (benchmarks/results/checkpoints_other.md).")
     sections = [(heading, rows) for heading, rows in (
         ("Classification (top-1 on the test split)", classification),
         ("Silhouette segmentation (mean per-image Dice / IoU)", segmentation)) if rows]
@@ -149,10 +168,12 @@ def report(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/fmnist"))
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--train-subset", type=int, default=12_800,
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--train-subset", type=int, default=0,
                         help="train on this many images (a seeded subset; 0 = all 60,000)")
     parser.add_argument("--seg-subset", type=int, default=3_200, help="the same for the segmentation rows")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="train each row once per seed (seed 0 is the checkpoint; the others give the spread)")
     parser.add_argument("--only", nargs="*", default=None, help="train only these rows (model or folder names)")
     parser.add_argument("--report-only", action="store_true", help="skip training, report what --out holds")
     args = parser.parse_args()
