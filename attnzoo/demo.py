@@ -164,8 +164,12 @@ def _attention_kinds(model: nn.Module) -> set[str]:
 
 
 def fine_tune(name: str, out_dir: str | os.PathLike, root: str | os.PathLike | None = None, subset: int = 5000,
-              lr: float = 5e-4, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+              lr: float = 1e-4, seed: int = 0, progress: bool = True) -> dict[str, Any]:
     """One epoch of the shared recipe on a seeded ``subset`` of the training split; writes ``demo.png``.
+
+    ``lr`` is a fine-tuning rate, 1/20 of the recipe's 2e-3: the published classifiers were already trained on
+    this data, and larger rates undo part of that (``ela_resnet18.fmnist``: test top-1 87.07 -> 86.70 at 5e-4,
+    -> 87.14 at 1e-4).
 
     Returns the fine-tuning result, the test top-1 before and after, and the PNG path.
     """
@@ -193,6 +197,8 @@ def fine_tune(name: str, out_dir: str | os.PathLike, root: str | os.PathLike | N
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2 + len(maps), squeeze=False)[0]
     plot_curves(result.history, axes=axes[:2])
+    axes[1].plot(0, before, "s", color="grey", label="top1 before fine-tuning")
+    axes[1].legend()
     axes[0].set_title(f"{name}: 1 epoch on {len(pick):,} images")
     axes[1].set_title(f"test top-1 {before:.2f} -> {result.metrics['top1']:.2f}")
     draw_maps(axes[2:], display, maps)
