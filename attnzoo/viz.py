@@ -104,7 +104,7 @@ def attention_maps(model: nn.Module, x: torch.Tensor, max_maps: int | None = Non
         x: (1, C, H, W) model input.
         max_maps: keep this many, spread evenly over depth (first and last included); None keeps all.
 
-    Modules that see a single spatial position (deep stages of small inputs) give no map.
+    Modules that output a single spatial position (deep stages of small inputs) give no map.
     """
     if x.dim() != 4 or x.shape[0] != 1:
         raise ValueError(f"x: got shape {tuple(x.shape)}, expected one image (1, C, H, W)")
@@ -130,7 +130,7 @@ def attention_maps(model: nn.Module, x: torch.Tensor, max_maps: int | None = Non
     maps = []
     for name, module, inp, out in captured:
         h, w = inp.shape[-2:]
-        if h * w == 1:  # one position (a deep stage of a small input): no spatial map to show
+        if out.shape[-2:].numel() == 1:  # one output position (a deep stage of a small input): nothing to show
             continue
         if _kind(module) == "gate":
             # (h, w): how much the module scales the features at each position

@@ -153,6 +153,9 @@ def test_halo_map_marks_the_peak_block_and_its_window():
     with pytest.raises(ValueError, match="one image"):
         viz.attention_maps(model, torch.randn(2, 1, 16, 16))
     assert viz.attention_maps(model, torch.randn(1, 1, 2, 2)) == []  # a 1x1 feature map has nothing to show
+    strided = nn.Sequential(nn.Conv2d(1, 16, 2, stride=2),
+                            HaloAttention(16, stride=2, block_size=4, halo_size=1, num_heads=2))
+    assert viz.attention_maps(strided, torch.randn(1, 1, 4, 4)) == []  # 2x2 in, 1x1 out: nothing to show either
 
 
 def test_viz_main_writes_png_for_fmnist_index_and_file(root, hub_dir, tmp_path):
