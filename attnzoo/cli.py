@@ -33,12 +33,13 @@ def model_summary(name: str) -> dict[str, Any]:
         summary["build"] = f"needs arguments: {err}"
     else:
         summary["params"] = sum(p.numel() for p in model.parameters())
-        cfg = getattr(model, "pretrained_cfg", None) or {}
+        # the checkpoint's input size when there is one (the model above is built with its kwargs)
+        cfg = {**(getattr(model, "pretrained_cfg", None) or {}), **(records[0].pretrained_cfg if records else {})}
         if "input_size" in cfg:
             summary["input_size"] = list(cfg["input_size"])
     if records:
         r = records[0]
-        summary["checkpoint"] = {"name": r.name, "metrics": r.metrics, "dataset": r.dataset, "sha256": r.sha256,
+        summary["checkpoint"] = {"name": r.name, "model_kwargs": r.model_kwargs, "metrics": r.metrics, "dataset": r.dataset, "sha256": r.sha256,
                                  "size": r.size, "reproduce": r.eval_command,
                                  "sources": [s for s in (r.hub_dir and f"embedded:{r.hub_dir}/{r.file}", r.url,
                                                          r.hf_hub_id and f"hf-hub:{r.hf_hub_id}") if s]}

@@ -32,6 +32,14 @@ def test_publish_then_info_and_list_pretrained(tmp_path, monkeypatch, capsys):
     assert info["checkpoint"]["sources"][0].startswith("embedded:")
 
 
+def test_info_describes_the_published_checkpoint_not_the_base_config(capsys):
+    # the embedded azhalonet_h0.fmnist: built with its record's kwargs, so size and input are the checkpoint's
+    assert main(["info", "azhalonet_h0.fmnist"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["params"] == 749_326 and info["input_size"] == [1, 28, 28]
+    assert info["checkpoint"]["model_kwargs"]["width_multiplier"] == 0.375
+
+
 def test_errors_are_one_line_with_exit_code_2(capsys):
     assert main(["info", "aztest_tinynett"]) == 2
     assert "Did you mean: aztest_tinynet" in capsys.readouterr().err
