@@ -39,8 +39,8 @@ def model_summary(name: str) -> dict[str, Any]:
             summary["input_size"] = list(cfg["input_size"])
     if records:
         r = records[0]
-        summary["checkpoint"] = {"name": r.name, "model_kwargs": r.model_kwargs, "metrics": r.metrics, "dataset": r.dataset, "sha256": r.sha256,
-                                 "size": r.size, "reproduce": r.eval_command,
+        summary["checkpoint"] = {"name": r.name, "model_kwargs": r.model_kwargs, "metrics": r.metrics,
+                                 "dataset": r.dataset, "sha256": r.sha256, "size": r.size, "reproduce": r.eval_command,
                                  "sources": [s for s in (r.hub_dir and f"embedded:{r.hub_dir}/{r.file}", r.url,
                                                          r.hf_hub_id and f"hf-hub:{r.hf_hub_id}") if s]}
     return summary
