@@ -2,6 +2,8 @@
 # The one prepared GPU run (H100/H200, < 8 minutes): Triton kernel correctness in fp32/bf16 and the benchmark tables.
 # Writes benchmarks/results/gpu-<gpu name>.md (and copies it into $OUT when the device tool sets it).
 # Python packages the GPU image lacks (timm, segmentation-models-pytorch) may be carried as wheels in .whl/.
+# Before spending device time: `python benchmarks/kernels_compile.py` (no GPU needed) compiles every kernel at these
+# shapes for sm_90 and reports register spills.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if compgen -G ".whl/*.whl" >/dev/null; then

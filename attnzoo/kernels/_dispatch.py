@@ -51,6 +51,11 @@ def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def triton_accepts(tensor: torch.Tensor) -> bool:
+    """Whether the Triton launchers take ``tensor``: a CUDA tensor, or any tensor under the interpreter."""
+    return tensor.is_cuda or triton_interpreting()
+
+
 @functools.cache
 def triton_available() -> bool:
     """True when ``import triton`` works (cached: the answer does not change within a process)."""
@@ -80,7 +85,7 @@ def resolve_backend(backend: str | None, tensor: torch.Tensor) -> str:
         if not triton_available():
             raise RuntimeError("backend='triton' was requested but `import triton` fails; install triton or use "
                                "backend='torch'")
-        if not tensor.is_cuda and not triton_interpreting():
+        if not triton_accepts(tensor):
             raise ValueError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before import, for "
                              f"tests); got a tensor on {tensor.device}. Use backend='torch' or 'auto'.")
     return backend
