@@ -50,6 +50,20 @@ _REL_GRAD_SPLIT = 64
 _NUM_WARPS = {"forward": 4, "backward": 8}
 # Most logits (queries x keys) one program holds: sets BLOCK_Q.
 _TILE = {"forward": 16384, "backward": 16384}
+# fp32/fp64 inputs multiply with FMAs ('ieee'), not tensor cores, and hold far more registers: with the 16-bit
+# settings ptxas (sm_90, benchmarks/kernels_compile.py) gave the fp32 kernels 11-17 KB of stack per thread at the
+# halonet26t/50ts shapes; a quarter of the tile and 8 forward warps bring that to 0 (forward) and 168-176 bytes
+# (backward); 64-channel heads (halonet26t's strided stage 4) still take 6 KB in the forward. Compile-time
+# evidence only: not yet timed on a GPU.
+_HIGH_PRECISION_NUM_WARPS = {"forward": 8, "backward": 8}
+_HIGH_PRECISION_TILE = {"forward": 4096, "backward": 4096}
+
+
+def _launch_settings(q: Tensor, direction: str) -> tuple[int, int]:
+    """(logit tile, num_warps) of ``direction`` for ``q``'s dtype."""
+    if q.dtype in (torch.float32, torch.float64):
+        return _HIGH_PRECISION_TILE[direction], _HIGH_PRECISION_NUM_WARPS[direction]
+    return _TILE[direction], _NUM_WARPS[direction]
 
 
 # ---------------------------------------------------------------------------------------------- kernels
@@ -298,11 +312,12 @@ def halo_attention_forward(q: Tensor, k: Tensor, v: Tensor, height_rel: Tensor, 
                            block_size: int, halo_size: int, stride: int, scale: float, scale_pos_embed: bool,
                            mask_padding: bool) -> Tensor:
     """Halo attention output, (BH, dv, Hq, Wq) in q's dtype; arguments and layouts as :mod:`attnzoo.kernels.halo`."""
-    grid, scalars, consts = _config(q, k, v, block_size, halo_size, stride, mask_padding, _TILE["forward"])
+    tile, num_warps = _launch_settings(q, "forward")
+    grid, scalars, consts = _config(q, k, v, block_size, halo_size, stride, mask_padding, tile)
     out = q.new_empty(q.shape[0], v.shape[1], q.shape[2], q.shape[3])
     _halo_fwd_kernel[grid](q, k, v, height_rel.contiguous(), width_rel.contiguous(), out, *q.stride(), *k.stride(),
                            *v.stride(), *out.stride(), **scalars, **_scales(scale, scale_pos_embed), **consts,
-                           num_warps=_NUM_WARPS["forward"])
+                           num_warps=num_warps)
     return out
 
 
@@ -310,7 +325,8 @@ def halo_attention_backward(grad_out: Tensor, out: Tensor, q: Tensor, k: Tensor,
                             width_rel: Tensor, block_size: int, halo_size: int, stride: int, scale: float,
                             scale_pos_embed: bool, mask_padding: bool) -> tuple[Tensor, ...]:
     """Gradients (q, k, v, height_rel, width_rel), each in its input's dtype and shape."""
-    grid, scalars, consts = _config(q, k, v, block_size, halo_size, stride, mask_padding, _TILE["backward"])
+    tile, num_warps = _launch_settings(q, "backward")
+    grid, scalars, consts = _config(q, k, v, block_size, halo_size, stride, mask_padding, tile)
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     split = min(_REL_GRAD_SPLIT, math.prod(grid))
     grad_q = torch.empty(q.shape, dtype=q.dtype, device=q.device)
@@ -321,7 +337,7 @@ def halo_attention_backward(grad_out: Tensor, out: Tensor, q: Tensor, k: Tensor,
     _halo_bwd_kernel[grid](q, k, v, height_rel.contiguous(), width_rel.contiguous(), out, grad_out, grad_q, grad_k,
                            grad_v, grad_rel, *q.stride(), *k.stride(), *v.stride(), *out.stride(), *grad_out.stride(),
                            nb=grid[1], **scalars, **_scales(scale, scale_pos_embed), **consts, SPLIT=split,
-                           num_warps=_NUM_WARPS["backward"])
+                           num_warps=num_warps)
     # summed one table at a time: the op's outputs must not be views of one tensor
     grad_height, grad_width = (g.sum(0)[:height_rel.shape[0]].to(height_rel.dtype) for g in grad_rel)
     return grad_q, grad_k.to(k.dtype), grad_v.to(v.dtype), grad_height, grad_width
