@@ -219,7 +219,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.tiny:
         print(markdown_table(rows), summary, sep="\n")
     else:
-        write_result("kernels_compile-sm90", f"Triton kernels compiled for sm_90 (triton {triton.__version__})",
+        write_result(f"kernels_compile-sm90-triton{triton.__version__}",
+                     f"Triton kernels compiled for sm_90 (triton {triton.__version__})",
                      [("Compilations at the GPU benchmarks' shapes", rows)], summary + " " + NOTES)
     return rows
 
