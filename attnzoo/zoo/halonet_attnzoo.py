@@ -154,7 +154,8 @@ def _create_halonet(variant: str, pretrained: bool, attn_kwargs: dict[str, Any] 
                     **kwargs: Any) -> ByobNet:
     """Build ``variant``; ``block_size``/``halo_size`` replace the paper's b/h (e.g. b=4, h=1 for 28-px inputs)."""
     b, h, rv, rb, l3, df, _ = HALONET_CONFIGS[variant.rpartition("_")[2]]
-    b, h = block_size or b, h if halo_size is None else halo_size
+    b = b if block_size is None else block_size
+    h = h if halo_size is None else halo_size
     cfg = halonet_cfg(b, h, rv, rb, l3, df, width_multiplier=width_multiplier, **(attn_kwargs or {}))
     return build_classifier(ByobNet, variant, pretrained, model_cfg=cfg, **kwargs)
 

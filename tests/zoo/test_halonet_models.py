@@ -60,6 +60,11 @@ def test_width_multiplier_out_of_range_is_refused(multiplier):
         create_model("azhalonet_h0", width_multiplier=multiplier)
 
 
+def test_block_size_zero_is_refused_not_replaced_by_the_papers():
+    with pytest.raises(ValueError, match="block_size must be a positive int, got 0"):
+        create_model("azhalonet_h0", block_size=0)
+
+
 def test_h1_has_timms_halonet_h1_layout():
     with torch.device("meta"):
         ours, theirs = create_model("azhalonet_h1"), timm.create_model("halonet_h1")
