@@ -19,6 +19,7 @@ details such as vector widths from what the GPU compiles; build errors and spill
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import itertools
 import os
@@ -123,68 +124,52 @@ class CompileRecorder:
                           "shared bytes": kernel.metadata.shared})
 
 
-def _grads(out: torch.Tensor, leaves: list[torch.Tensor]) -> None:
-    torch.autograd.grad(out, leaves, torch.ones_like(out))
-
-
-def _leaves(tensors: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
-    return [t.to(dtype).requires_grad_() for t in tensors]
-
-
-Case = tuple[str, Callable[[], None]]  # (shape label, forward + backward through backend='triton')
+Case = tuple[str, Callable[[], object]]  # (shape label, forward + backward through backend='triton')
 
 
 def ela_cases(tiny: bool, dtype: torch.dtype) -> Iterator[Case]:
-    from kernels_ela import STAGES, TINY_STAGES, make_inputs
+    from kernels_ela import STAGES, TINY_STAGES, make_inputs, outputs_and_grads
 
     from attnzoo.kernels import ela_gate
 
     for batch, channels, side in TINY_STAGES if tiny else STAGES:
-        tensors, _, groups, norm_groups = make_inputs(batch, channels, side, torch.float32, "cpu")
-        leaves = _leaves(tensors, dtype)
+        tensors, grad_out, groups, norm_groups = make_inputs(batch, channels, side, torch.float32, "cpu")
+        op = functools.partial(ela_gate, groups=groups, norm_groups=norm_groups, backend="triton")
         yield (f"ela {batch}x{channels}x{side}x{side}",
-               lambda leaves=leaves, g=groups, n=norm_groups: _grads(ela_gate(*leaves, g, n, backend="triton"),
-                                                                     leaves))
+               functools.partial(outputs_and_grads, op, tensors, grad_out, dtype))
 
 
 def halo_cases(tiny: bool, dtype: torch.dtype) -> Iterator[Case]:
-    from kernels_halo import CHECK_SHAPES, TINY_CHECK_SHAPES, op_inputs
-
-    from attnzoo.kernels import halo_attention
+    from kernels_halo import CHECK_SHAPES, TINY_CHECK_SHAPES, _op_call, check_options, fwd_bwd, op_inputs
 
     for name, batch, dim, side, heads, block, halo, stride in TINY_CHECK_SHAPES if tiny else CHECK_SHAPES:
-        leaves = _leaves(op_inputs(batch, dim, side, heads, block, halo, stride, "cpu", torch.float32), dtype)
-        options = dict(block_size=block, halo_size=halo, stride=stride, scale=(dim // heads) ** -0.5,
-                       mask_padding=stride == 2, backend="triton")
-        yield f"halo {name}", lambda leaves=leaves, options=options: _grads(halo_attention(*leaves, **options), leaves)
+        inputs = op_inputs(batch, dim, side, heads, block, halo, stride, "cpu", dtype)
+        op = functools.partial(_op_call, options=check_options(dim, heads, block, halo, stride), backend="triton")
+        yield f"halo {name}", functools.partial(fwd_bwd, op, inputs)
 
 
 def dfa3d_cases(tiny: bool, dtype: torch.dtype) -> Iterator[Case]:
-    from kernels_dfa3d import configs, float_indices, make_inputs, op_of
+    from kernels_dfa3d import configs, forward_backward, make_inputs
 
     for cfg in configs(tiny):
-        inputs = make_inputs(cfg, "cpu", dtype)
-        leaves = [t.requires_grad_(t.is_floating_point()) for t in inputs]
-        floats = [leaves[i] for i in float_indices(inputs)]
-        yield cfg.name, lambda cfg=cfg, leaves=leaves, floats=floats: _grads(op_of(cfg)(*leaves, backend="triton"),
-                                                                             floats)
+        grad_out = torch.ones(cfg.bs, cfg.num_queries, cfg.num_heads * cfg.head_dim, dtype=dtype)
+        yield cfg.name, functools.partial(forward_backward, cfg, make_inputs(cfg, "cpu", dtype), "triton", grad_out)
 
 
 def topm_cases(tiny: bool, dtype: torch.dtype) -> Iterator[Case]:
-    from kernels_topm import FULL, TINY, M, attention_inputs, knn_inputs
+    from kernels_topm import FULL, TINY, M, attention_fwd_bwd, attention_inputs, knn_inputs
 
-    from attnzoo.kernels.topm import topm_attention, topm_knn
+    from attnzoo.kernels.topm import topm_knn
 
     sizes = TINY if tiny else FULL
     for kind in ("aux", "random"):
         qkv, index = attention_inputs(sizes["op"], kind, "cpu")
-        leaves = _leaves(qkv, dtype)
+        low = [t.to(dtype) for t in qkv]
         yield (f"topm attention N={sizes['op']} ({kind})",
-               lambda leaves=leaves, index=index: _grads(topm_attention(*leaves, index, backend="triton"), leaves))
+               functools.partial(attention_fwd_bwd, low, index, "triton", torch.ones_like(low[2])))
     features, batch = knn_inputs(sizes["knn_check"], 2, "cpu")
-    query, key = features.to(dtype), features.flip(1).to(dtype)
     yield (f"topm knn N={sizes['knn_check']}",
-           lambda: topm_knn(query, key, M, batch, backend="triton"))
+           functools.partial(topm_knn, features.to(dtype), features.flip(1).to(dtype), M, batch, backend="triton"))
 
 
 CASES: dict[str, Callable[[bool, torch.dtype], Iterator[Case]]] = {

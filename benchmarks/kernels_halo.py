@@ -88,11 +88,16 @@ def _op_call(tensors: list[torch.Tensor], options: dict, backend: str) -> torch.
     return halo_attention(*tensors, **options, backend=backend)
 
 
+def check_options(dim: int, heads: int, block: int, halo: int, stride: int) -> dict:
+    """Op options of a CHECK_SHAPES row: the strided rows also use masked borders."""
+    return dict(block_size=block, halo_size=halo, stride=stride, scale=(dim // heads) ** -0.5,
+                mask_padding=stride == 2)
+
+
 def correctness_rows(device: str, tiny: bool, backend: str) -> list[dict]:
     rows = []
     for name, batch, dim, side, heads, block, halo, stride in TINY_CHECK_SHAPES if tiny else CHECK_SHAPES:
-        options = dict(block_size=block, halo_size=halo, stride=stride, scale=(dim // heads) ** -0.5,
-                       mask_padding=stride == 2)
+        options = check_options(dim, heads, block, halo, stride)
         inputs = op_inputs(batch, dim, side, heads, block, halo, stride, device, torch.float32)
         gen = torch.Generator(device=device).manual_seed(1)
         grad_out = torch.randn(inputs[0].shape, generator=gen, device=device)

@@ -32,13 +32,19 @@ __all__ = ["deform_attn_3d_backward", "deform_attn_3d_forward", "ms_deform_attn_
 
 
 @triton.jit
-def _point_geometry(loc_ptr, attn_ptr, point, qmask, h, w, num_bins, NUM_COORDS: tl.constexpr,
-                    HAS_DEPTH: tl.constexpr, ACC: tl.constexpr):
+def _level(shapes_ptr, starts_ptr, lvl):
+    """Height, width and first key index (int64) of feature level ``lvl``."""
+    return tl.load(shapes_ptr + 2 * lvl), tl.load(shapes_ptr + 2 * lvl + 1), tl.load(starts_ptr + lvl).to(tl.int64)
+
+
+@triton.jit
+def _point_geometry(loc_ptr, attn_ptr, point, qmask, h, w, num_bins, HAS_DEPTH: tl.constexpr, ACC: tl.constexpr):
     """Pixel-space corner origin and fractions of one sampling point for a block of queries.
 
     Returns x0, y0 (int32 floors), fx, fy (fractions), z0, fz (depth floor and fraction; 0 for MSDA) and the
     attention weight, each of shape (BLOCK_Q,).
     """
+    NUM_COORDS: tl.constexpr = 2 + HAS_DEPTH
     x = tl.load(loc_ptr + point * NUM_COORDS, mask=qmask, other=0.0).to(ACC) * w.to(ACC) - 0.5
     y = tl.load(loc_ptr + point * NUM_COORDS + 1, mask=qmask, other=0.0).to(ACC) * h.to(ACC) - 0.5
     x0f = tl.floor(x)
@@ -96,13 +102,11 @@ def _deform_attn_fwd_kernel(value_ptr, depth_ptr, shapes_ptr, starts_ptr, loc_pt
     b, head, qmask, c, cmask, qh = _program_rows(num_queries, num_heads, channels, BLOCK_Q, BLOCK_C)
     acc = tl.zeros([BLOCK_Q, BLOCK_C], dtype=ACC)
     for lvl in range(num_levels):
-        h = tl.load(shapes_ptr + 2 * lvl)
-        w = tl.load(shapes_ptr + 2 * lvl + 1)
-        start = tl.load(starts_ptr + lvl).to(tl.int64)
+        h, w, start = _level(shapes_ptr, starts_ptr, lvl)
         for pt in range(num_points):
             point = (qh * num_levels + lvl) * num_points + pt
             x0, y0, fx, fy, z0, fz, a = _point_geometry(loc_ptr, attn_ptr, point, qmask, h, w, num_bins,
-                                                        2 + HAS_DEPTH, HAS_DEPTH, ACC)
+                                                        HAS_DEPTH, ACC)
             for corner in tl.static_range(4):
                 key, inside, wx, wy = _corner(x0, y0, fx, fy, corner % 2, corner // 2, h, w, start, qmask)
                 weight = a * wx * wy
@@ -130,13 +134,11 @@ def _deform_attn_bwd_kernel(grad_out_ptr, value_ptr, depth_ptr, shapes_ptr, star
     num_coords: tl.constexpr = 2 + HAS_DEPTH
     loc_ty = grad_loc_ptr.dtype.element_ty
     for lvl in range(num_levels):
-        h = tl.load(shapes_ptr + 2 * lvl)
-        w = tl.load(shapes_ptr + 2 * lvl + 1)
-        start = tl.load(starts_ptr + lvl).to(tl.int64)
+        h, w, start = _level(shapes_ptr, starts_ptr, lvl)
         for pt in range(num_points):
             point = (qh * num_levels + lvl) * num_points + pt
             x0, y0, fx, fy, z0, fz, a = _point_geometry(loc_ptr, attn_ptr, point, qmask, h, w, num_bins,
-                                                        num_coords, HAS_DEPTH, ACC)
+                                                        HAS_DEPTH, ACC)
             grad_x = tl.zeros_like(fx)  # d loss / d pixel coordinate, scaled to [0, 1] units at the store
             grad_y = tl.zeros_like(fx)
             grad_z = tl.zeros_like(fx)

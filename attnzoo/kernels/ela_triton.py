@@ -57,11 +57,22 @@ _WEIGHT_GRAD_PROGRAMS = 1024
 
 
 @triton.jit
-def _plane_offsets(p, r, c, planes, H, W):
-    """Element offsets (int64) and mask of the (planes p) x (rows r) x (columns c) tile of a (B*C, H, W) tensor."""
+def _plane_columns(planes, H, W, BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr):
+    """This program's planes p, columns c, the start of each plane's strips, and the W strips' offsets and mask."""
+    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    c = tl.arange(0, BLOCK_W)
+    strip = p.to(tl.int64) * (H + W)  # (BLOCK_P,): start of each plane's strips (H strip, then W strip)
+    col_offsets = strip[:, None] + H + c[None, :]  # (BLOCK_P, BLOCK_W)
+    return p, c, strip, col_offsets, (p < planes)[:, None] & (c < W)[None, :]
+
+
+@triton.jit
+def _plane_rows(p, r, c, strip, planes, H, W):
+    """Offsets (int64) and mask of the (planes p) x (rows r) x (columns c) tile of a (B*C, H, W) tensor, and the
+    offsets and mask of those rows in the H strips."""
     offsets = p.to(tl.int64)[:, None, None] * (H * W) + (r * W)[None, :, None] + c[None, None, :]
     mask = (p < planes)[:, None, None] & (r < H)[None, :, None] & (c < W)[None, None, :]
-    return offsets, mask
+    return offsets, mask, strip[:, None] + r[None, :], (p < planes)[:, None] & (r < H)[None, :]
 
 
 @triton.jit
@@ -69,19 +80,14 @@ def _strip_reduce_kernel(x_ptr, g_ptr, gate_ptr, out_ptr, planes, H: tl.constexp
                          IS_GRAD: tl.constexpr, ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr,
                          BLOCK_W: tl.constexpr):
     """Both strips of each plane: means of x (IS_GRAD False) or sums of g*x*a_w over W and g*x*a_h over H."""
-    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    c = tl.arange(0, BLOCK_W)
-    strip = p.to(tl.int64) * (H + W)  # (BLOCK_P,): start of each plane's strips
-    col_mask = (p < planes)[:, None] & (c < W)[None, :]
+    p, c, strip, col_offsets, col_mask = _plane_columns(planes, H, W, BLOCK_P, BLOCK_W)
     if IS_GRAD:
-        a_w = tl.load(gate_ptr + strip[:, None] + H + c[None, :], mask=col_mask, other=0.0)  # (P, BLOCK_W)
+        a_w = tl.load(gate_ptr + col_offsets, mask=col_mask, other=0.0)  # (P, BLOCK_W)
     col = tl.zeros([BLOCK_P, BLOCK_W], dtype=ACC)
     for r0 in range(0, H, BLOCK_H):
         r = r0 + tl.arange(0, BLOCK_H)
-        offsets, mask = _plane_offsets(p, r, c, planes, H, W)
+        offsets, mask, row_offsets, row_mask = _plane_rows(p, r, c, strip, planes, H, W)
         v = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC)
-        row_offsets = strip[:, None] + r[None, :]  # (P, BLOCK_H)
-        row_mask = (p < planes)[:, None] & (r < H)[None, :]
         if IS_GRAD:
             v = v * tl.load(g_ptr + offsets, mask=mask, other=0.0).to(ACC)
             a_h = tl.load(gate_ptr + row_offsets, mask=row_mask, other=0.0)
@@ -93,7 +99,7 @@ def _strip_reduce_kernel(x_ptr, g_ptr, gate_ptr, out_ptr, planes, H: tl.constexp
         tl.store(out_ptr + row_offsets, row, mask=row_mask)
     if not IS_GRAD:
         col = col / H
-    tl.store(out_ptr + strip[:, None] + H + c[None, :], col, mask=col_mask)
+    tl.store(out_ptr + col_offsets, col, mask=col_mask)
 
 
 @triton.jit
@@ -101,19 +107,13 @@ def _gate_apply_kernel(x_ptr, gate_ptr, shift_ptr, out_ptr, planes, H: tl.conste
                        HAS_SHIFT: tl.constexpr, ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr,
                        BLOCK_W: tl.constexpr):
     """out = x * a_h * a_w (+ s_h + s_w when HAS_SHIFT), strips broadcast over their plane."""
-    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    c = tl.arange(0, BLOCK_W)
-    strip = p.to(tl.int64) * (H + W)
-    col_offsets = strip[:, None] + H + c[None, :]  # (P, BLOCK_W)
-    col_mask = (p < planes)[:, None] & (c < W)[None, :]
+    p, c, strip, col_offsets, col_mask = _plane_columns(planes, H, W, BLOCK_P, BLOCK_W)
     a_w = tl.load(gate_ptr + col_offsets, mask=col_mask, other=0.0)
     if HAS_SHIFT:
         s_w = tl.load(shift_ptr + col_offsets, mask=col_mask, other=0.0)
     for r0 in range(0, H, BLOCK_H):
         r = r0 + tl.arange(0, BLOCK_H)
-        offsets, mask = _plane_offsets(p, r, c, planes, H, W)
-        row_offsets = strip[:, None] + r[None, :]  # (P, BLOCK_H)
-        row_mask = (p < planes)[:, None] & (r < H)[None, :]
+        offsets, mask, row_offsets, row_mask = _plane_rows(p, r, c, strip, planes, H, W)
         a_h = tl.load(gate_ptr + row_offsets, mask=row_mask, other=0.0)
         v = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC)
         out = v * a_h[:, :, None] * a_w[:, None, :]

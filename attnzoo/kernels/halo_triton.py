@@ -45,25 +45,16 @@ __all__ = ["halo_attention_backward", "halo_attention_forward"]
 
 # Copies of the relative-table gradient that programs add into (program id modulo SPLIT).
 _REL_GRAD_SPLIT = 64
-# On an H100 8 warps doubled the forward's time; in the backward 8 warps keep ptxas (sm_90, win 12, 64 queries) to
-# 64 bytes of spilled registers, against 480 with 4.
-_NUM_WARPS = {"forward": 4, "backward": 8}
-# Most logits (queries x keys) one program holds: sets BLOCK_Q.
-_TILE = {"forward": 16384, "backward": 16384}
-# fp32/fp64 inputs multiply with FMAs ('ieee'), not tensor cores, and hold far more registers: with the 16-bit
-# settings ptxas (sm_90, benchmarks/kernels_compile.py) gave the fp32 kernels 11-17 KB of stack per thread at the
-# halonet26t/50ts shapes; a quarter of the tile and 8 forward warps bring that to 0 (forward) and 168-176 bytes
-# (backward); 64-channel heads (halonet26t's strided stage 4) still take 6 KB in the forward. Compile-time
-# evidence only: not yet timed on a GPU.
-_HIGH_PRECISION_NUM_WARPS = {"forward": 8, "backward": 8}
-_HIGH_PRECISION_TILE = {"forward": 4096, "backward": 4096}
-
-
-def _launch_settings(q: Tensor, direction: str) -> tuple[int, int]:
-    """(logit tile, num_warps) of ``direction`` for ``q``'s dtype."""
-    if q.dtype in (torch.float32, torch.float64):
-        return _HIGH_PRECISION_TILE[direction], _HIGH_PRECISION_NUM_WARPS[direction]
-    return _TILE[direction], _NUM_WARPS[direction]
+# (direction, fp32/fp64 inputs) -> (most logits, queries x keys, one program holds: sets BLOCK_Q; num_warps).
+# 16-bit: on an H100 8 warps doubled the forward's time; in the backward 8 warps keep ptxas (sm_90, win 12, 64
+# queries) to 64 bytes of spilled registers, against 480 with 4.
+# fp32/fp64 multiply with FMAs ('ieee'), not tensor cores, and hold far more registers: with the 16-bit settings
+# ptxas (benchmarks/kernels_compile.py) gave the fp32 kernels 11-17 KB of stack per thread at the halonet26t/50ts
+# shapes; a quarter of the tile and 8 forward warps bring that to 0 (forward) and 168-176 bytes (backward);
+# 64-channel heads (halonet26t's strided stage 4) still take 6 KB in the forward. Compile-time evidence only: not
+# yet timed on a GPU.
+_LAUNCH = {("forward", False): (16384, 4), ("backward", False): (16384, 8),
+           ("forward", True): (4096, 8), ("backward", True): (4096, 8)}
 
 
 # ---------------------------------------------------------------------------------------------- kernels
@@ -280,8 +271,10 @@ def _halo_bwd_kernel(q_ptr, k_ptr, v_ptr, rh_ptr, rw_ptr, out_ptr, do_ptr, dq_pt
 
 
 def _config(q: Tensor, k: Tensor, v: Tensor, block_size: int, halo_size: int, stride: int,
-            mask_padding: bool, tile: int) -> tuple[tuple[int, int, int], dict, dict]:
-    """Grid, shared scalar arguments and compile-time constants of both kernels."""
+            mask_padding: bool, direction: str) -> tuple[tuple[int, int, int], dict, dict]:
+    """Grid, shared scalar arguments and compile-time constants (num_warps included) of ``direction``'s kernel."""
+    high = q.dtype in (torch.float32, torch.float64)
+    tile, num_warps = _LAUNCH[direction, high]
     bh, dqk, h, w = k.shape
     win = block_size + 2 * halo_size
     qb = block_size // stride
@@ -290,7 +283,6 @@ def _config(q: Tensor, k: Tensor, v: Tensor, block_size: int, halo_size: int, st
     block_q = min(max(16, triton.next_power_of_2(qb * qb)), max(16, tile // (kh * winp)))
     nbh, nbw = math.ceil(h / block_size), math.ceil(w / block_size)
     grid = (bh, nbh * nbw, triton.cdiv(qb * qb, block_q))
-    high = q.dtype in (torch.float32, torch.float64)
     acc = tl.float64 if q.dtype == torch.float64 else tl.float32
     # 16-bit operands go to the tensor cores as they are (P and dS rounded to them, as flash attention does); the
     # interpreter mis-multiplies bf16, so there they are upcast and multiplied in TF32, which is exact for them.
@@ -300,7 +292,8 @@ def _config(q: Tensor, k: Tensor, v: Tensor, block_size: int, halo_size: int, st
     consts = dict(BLOCK=block_size, HALO=halo_size, QB=qb, WIN=win, WINP=winp, KH=kh, BLOCK_Q=block_q,
                   RP=max(16, triton.next_power_of_2(2 * win - 1)),
                   BLOCK_DQK=max(16, triton.next_power_of_2(dqk)), BLOCK_DV=max(16, triton.next_power_of_2(v.shape[1])),
-                  MASK_PADDING=mask_padding, PREC="ieee" if high else "tf32", DOT=dot, ACC=acc)
+                  MASK_PADDING=mask_padding, PREC="ieee" if high else "tf32", DOT=dot, ACC=acc,
+                  num_warps=num_warps)
     return grid, scalars, consts
 
 
@@ -312,12 +305,10 @@ def halo_attention_forward(q: Tensor, k: Tensor, v: Tensor, height_rel: Tensor, 
                            block_size: int, halo_size: int, stride: int, scale: float, scale_pos_embed: bool,
                            mask_padding: bool) -> Tensor:
     """Halo attention output, (BH, dv, Hq, Wq) in q's dtype; arguments and layouts as :mod:`attnzoo.kernels.halo`."""
-    tile, num_warps = _launch_settings(q, "forward")
-    grid, scalars, consts = _config(q, k, v, block_size, halo_size, stride, mask_padding, tile)
+    grid, scalars, consts = _config(q, k, v, block_size, halo_size, stride, mask_padding, "forward")
     out = q.new_empty(q.shape[0], v.shape[1], q.shape[2], q.shape[3])
     _halo_fwd_kernel[grid](q, k, v, height_rel.contiguous(), width_rel.contiguous(), out, *q.stride(), *k.stride(),
-                           *v.stride(), *out.stride(), **scalars, **_scales(scale, scale_pos_embed), **consts,
-                           num_warps=num_warps)
+                           *v.stride(), *out.stride(), **scalars, **_scales(scale, scale_pos_embed), **consts)
     return out
 
 
@@ -325,8 +316,7 @@ def halo_attention_backward(grad_out: Tensor, out: Tensor, q: Tensor, k: Tensor,
                             width_rel: Tensor, block_size: int, halo_size: int, stride: int, scale: float,
                             scale_pos_embed: bool, mask_padding: bool) -> tuple[Tensor, ...]:
     """Gradients (q, k, v, height_rel, width_rel), each in its input's dtype and shape."""
-    tile, num_warps = _launch_settings(q, "backward")
-    grid, scalars, consts = _config(q, k, v, block_size, halo_size, stride, mask_padding, tile)
+    grid, scalars, consts = _config(q, k, v, block_size, halo_size, stride, mask_padding, "backward")
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     split = min(_REL_GRAD_SPLIT, math.prod(grid))
     grad_q = torch.empty(q.shape, dtype=q.dtype, device=q.device)
@@ -336,8 +326,7 @@ def halo_attention_backward(grad_out: Tensor, out: Tensor, q: Tensor, k: Tensor,
     grad_rel = torch.zeros(2, split, consts["RP"], k.shape[1], dtype=acc, device=q.device)
     _halo_bwd_kernel[grid](q, k, v, height_rel.contiguous(), width_rel.contiguous(), out, grad_out, grad_q, grad_k,
                            grad_v, grad_rel, *q.stride(), *k.stride(), *v.stride(), *out.stride(), *grad_out.stride(),
-                           nb=grid[1], **scalars, **_scales(scale, scale_pos_embed), **consts, SPLIT=split,
-                           num_warps=num_warps)
+                           nb=grid[1], **scalars, **_scales(scale, scale_pos_embed), **consts, SPLIT=split)
     # summed one table at a time: the op's outputs must not be views of one tensor
     grad_height, grad_width = (g.sum(0)[:height_rel.shape[0]].to(height_rel.dtype) for g in grad_rel)
     return grad_q, grad_k.to(k.dtype), grad_v.to(v.dtype), grad_height, grad_width
