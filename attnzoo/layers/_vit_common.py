@@ -1,0 +1,118 @@
+"""Shared pieces of the timm ViT attention layers (MoH, gated attention, Flowformer, the minimal transformer).
+
+- argument checks whose ValueErrors name the argument, its value and the rule;
+- :class:`ConfigurableLayer`: ``Layer.configure(**fixed)`` gives a *subclass* with those arguments fixed, for timm's
+  ``attn_layer=``/``block_fn=`` slots (timm calls ``issubclass`` on ``attn_layer``, so a ``functools.partial``
+  raises a TypeError there);
+- :func:`attend`: timm's attention core (SDPA when ``use_fused_attn()``, the explicit softmax otherwise), so every
+  layer follows ``TIMM_FUSED_ATTN`` exactly like ``timm.layers.Attention``;
+- :func:`sdpa_product_macs`: the multiply-accumulates of the two attention products, which module-hook counters
+  (``attnzoo.profiling.count_macs``) do not see.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import maybe_add_mask, resolve_self_attn_mask
+
+__all__ = ["ConfigurableLayer", "attend", "check_choice", "check_heads", "check_int", "check_probability",
+           "refuse_flag", "reset_children", "sdpa_product_macs"]
+
+
+def check_int(owner: str, name: str, value: object, minimum: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{owner}: {name}={value!r}, expected an int >= {minimum}")
+    return value
+
+
+def check_probability(owner: str, name: str, value: object) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{owner}: {name}={value!r}, expected a float in [0, 1)")
+    return float(value)
+
+
+def check_choice(owner: str, name: str, value: object, choices: tuple[str, ...], why: str = "") -> str:
+    if value not in choices:
+        raise ValueError(f"{owner}: {name}={value!r} is not one of {choices}{why}")
+    return value
+
+
+def check_heads(owner: str, dim: object, num_heads: object, head_dim: object = None) -> int:
+    """The per-head width: ``head_dim`` if given, else ``dim // num_heads`` (which must divide exactly)."""
+    check_int(owner, "dim", dim, 1)
+    check_int(owner, "num_heads", num_heads, 1)
+    if head_dim is not None:
+        return check_int(owner, "attn_head_dim", head_dim, 1)
+    if dim % num_heads:
+        raise ValueError(f"{owner}: dim={dim} is not divisible by num_heads={num_heads}; the head width is "
+                         f"dim / num_heads (or pass attn_head_dim)")
+    return dim // num_heads
+
+
+def refuse_flag(owner: str, name: str, value: object, why: str) -> None:
+    """A timm Block argument the method has no counterpart for: accepted at its neutral value only."""
+    if value:
+        raise ValueError(f"{owner}: {name}={value!r} is not supported: {why}")
+
+
+def reset_children(module: nn.Module) -> None:
+    # a child with its own reset_parameters resets its whole subtree; containers without one are walked into
+    for child in module.children():
+        if hasattr(child, "reset_parameters"):
+            child.reset_parameters()
+        else:
+            reset_children(child)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, fused: bool, attn_drop: nn.Dropout,
+           attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d)) v`` per head, as ``timm.layers.Attention`` computes it.
+
+    Shapes:
+        q: (B, H, L, d); k: (B, H, S, d); v: (B, H, S, d_v); output: (B, H, L, d_v).
+    """
+    if fused:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+                                              dropout_p=attn_drop.p if attn_drop.training else 0.0)
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, H, L, S)
+    scores = maybe_add_mask(scores, resolve_self_attn_mask(q.shape[-2], scores, attn_mask, is_causal))
+    return attn_drop(scores.softmax(dim=-1)) @ v
+
+
+def sdpa_product_macs(batch: int, heads: int, queries: int, keys: int, head_dim: int,
+                      value_dim: int | None = None) -> int:
+    """MACs of ``q k^T`` and ``attn v``: ``B H L S (d + d_v)`` (softmax and scaling are not counted)."""
+    return batch * heads * queries * keys * (head_dim + (head_dim if value_dim is None else value_dim))
+
+
+class ConfigurableLayer:
+    """Mixin: ``Layer.configure(**fixed)`` returns a subclass whose constructor always uses ``fixed``.
+
+    The fixed values replace whatever the host passes (timm's ``Block`` passes ``num_heads``, ``qkv_bias``, ...),
+    so ``timm.create_model('vit_small_patch16_224', attn_layer=MoHAttention.configure(shared_heads=3,
+    routed_heads=2))`` builds every block's attention with that head split.
+    """
+
+    configured: dict[str, Any] = {}
+
+    @classmethod
+    def configure(cls, **fixed: Any) -> type:
+        parameters = inspect.signature(cls.__init__).parameters
+        unknown = sorted(set(fixed) - set(parameters) - {"self"})
+        if unknown:
+            raise TypeError(f"{cls.__name__}.configure: unknown argument(s) {unknown}; the constructor takes "
+                            f"{[p for p in parameters if p != 'self']}")
+        base = cls
+
+        def __init__(self: nn.Module, *args: Any, **kwargs: Any) -> None:
+            base.__init__(self, *args, **{**kwargs, **fixed})
+
+        settings = ", ".join(f"{k}={v!r}" for k, v in fixed.items())
+        return type(cls.__name__, (cls,), {"__init__": __init__, "__module__": cls.__module__,
+                                           "__qualname__": f"{cls.__qualname__}.configure({settings})",
+                                           "configured": {**cls.configured, **fixed}})
