@@ -14,7 +14,12 @@ import warnings
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
     from attnzoo import zoo  # noqa: E402,F401  (registers every model, in attnzoo's and timm's registries)
-from attnzoo.hub import from_pretrained, save_pretrained  # noqa: E402
-from attnzoo.zoo._registry import create_model, list_models, list_pretrained  # noqa: E402
+from attnzoo.zoo._registry import (  # noqa: E402
+    create_model,
+    from_pretrained,
+    list_models,
+    list_pretrained,
+    save_pretrained,
+)
 
 __all__ = ["__version__", "create_model", "from_pretrained", "list_models", "list_pretrained", "save_pretrained"]

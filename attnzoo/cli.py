@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from attnzoo.zoo._registry import TASKS
+from attnzoo.hub import TASKS
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -22,27 +22,28 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def model_summary(name: str) -> dict[str, Any]:
     """What ``attnzoo info`` prints: task, parameters, input size and, if published, the checkpoint record."""
     from attnzoo import hub
-    from attnzoo.zoo._registry import create_model, model_task, split_name
+    from attnzoo.zoo._registry import create_model, model_task, split_name, tag_record
 
     arch, tag = split_name(name)
-    records = [r for r in hub.records_for(arch) if tag is None or r.tag == tag]
     summary: dict[str, Any] = {"name": name, "task": model_task(name)}
+    record = tag_record(arch, tag) if tag is not None else next(iter(hub.records_for(arch)), None)
     try:
-        model = create_model(arch, **(records[0].model_kwargs if records else {}))
+        model = create_model(arch, **(record.model_kwargs if record else {}))
     except TypeError as err:  # graph models need their feature widths
         summary["build"] = f"needs arguments: {err}"
     else:
         summary["params"] = sum(p.numel() for p in model.parameters())
         # the checkpoint's input size when there is one (the model above is built with its kwargs)
-        cfg = {**(getattr(model, "pretrained_cfg", None) or {}), **(records[0].pretrained_cfg if records else {})}
+        cfg = {**(getattr(model, "pretrained_cfg", None) or {}), **(record.pretrained_cfg if record else {})}
         if "input_size" in cfg:
             summary["input_size"] = list(cfg["input_size"])
-    if records:
-        r = records[0]
+    if record is not None:
+        r = record
         summary["checkpoint"] = {"name": r.name, "model_kwargs": r.model_kwargs, "metrics": r.metrics,
                                  "dataset": r.dataset, "sha256": r.sha256, "size": r.size, "reproduce": r.eval_command,
                                  "sources": [s for s in (r.hub_dir and f"embedded:{r.hub_dir}/{r.file}", r.url,
-                                                         r.hf_hub_id and f"hf-hub:{r.hf_hub_id}") if s]}
+                                                         r.hf_hub_id and f"hf-hub:{r.hf_hub_id}@{r.hf_revision}")
+                                             if s]}
     return summary
 
 
@@ -54,7 +55,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_publish(args: argparse.Namespace) -> int:
     from attnzoo.hub import publish
 
-    record = publish(args.name, args.source, args.to, url=args.url, hf_hub_id=args.hf_hub_id)
+    record = publish(args.name, args.source, args.to, url=args.url, hf_hub_id=args.hf_hub_id,
+                     hf_revision=args.hf_revision)
     print(f"published {record.name}: sha256 {record.sha256}, {record.size} bytes -> {args.to}")
     return 0
 
@@ -100,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, help="hub folder (e.g. weights/) or hf-hub:ORG/REPO")
     p.add_argument("--url", help="https URL the file will also be served from")
     p.add_argument("--hf-hub-id", help="Hugging Face Hub repo id the file will also be served from")
+    p.add_argument("--hf-revision", help="the commit (40 hex digits) of --hf-hub-id that holds the file")
     p.set_defaults(func=_cmd_publish)
 
     p = sub.add_parser("eval", help="evaluate a published checkpoint and print its metrics")
@@ -118,11 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a failure caused by its input is one ``error:`` line on stderr and exit code 2."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"attnzoo {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, TypeError, OSError) as err:  # bad names, arguments, files, hubs, downloads
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"attnzoo {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -5,7 +5,6 @@ import json
 import pytest
 
 import attnzoo
-from attnzoo import hub
 from attnzoo.cli import main
 
 tiny_models = pytest.importorskip("tiny_models")
@@ -19,7 +18,7 @@ def test_list_filters_by_pattern_and_task(capsys):
 def test_publish_then_info_and_list_pretrained(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ATTNZOO_HUB_DIR", str(tmp_path / "hub"))
     (tmp_path / "hub").mkdir()
-    src = hub.save_pretrained(attnzoo.create_model("aztest_tinynet"), tmp_path / "src", metrics={"top1": 33.0})
+    src = attnzoo.save_pretrained(attnzoo.create_model("aztest_tinynet"), tmp_path / "src", metrics={"top1": 33.0})
     assert main(["publish", "aztest_tinynet.cli", "--from", str(src), "--to", str(tmp_path / "hub")]) == 0
     assert "published aztest_tinynet.cli: sha256 " in capsys.readouterr().out
     assert main(["list", "aztest_*", "--pretrained"]) == 0

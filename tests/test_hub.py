@@ -33,7 +33,7 @@ def hub_dir(tmp_path, monkeypatch):
 def _saved_tiny(tmp_path, name="src", **kwargs):
     torch.manual_seed(0)
     model = attnzoo.create_model("aztest_tinynet", **kwargs).eval()
-    return model, hub.save_pretrained(model, tmp_path / name, metrics={"top1": 12.5}, dataset="fashion-mnist")
+    return model, attnzoo.save_pretrained(model, tmp_path / name, metrics={"top1": 12.5}, dataset="fashion-mnist")
 
 
 def _published_tiny(tmp_path, hub_dir, tag="unit"):
@@ -148,7 +148,7 @@ def test_wrong_shaped_checkpoint_lists_keys(tmp_path):
 def test_non_classification_round_trip(tmp_path, hub_dir):
     torch.manual_seed(1)
     model = attnzoo.create_model("aztest_tinygnn", hidden_channels=5)
-    src = hub.save_pretrained(model, tmp_path / "gnn", metrics={"acc": 90.0})
+    src = attnzoo.save_pretrained(model, tmp_path / "gnn", metrics={"acc": 90.0})
     hub.publish("aztest_tinygnn.karate", src, hub_dir)
     loaded = attnzoo.create_model("aztest_tinygnn.karate", pretrained=True)
     assert loaded.lin1.out_features == 5  # the record's model kwargs rebuild the saved width
@@ -158,8 +158,10 @@ def test_non_classification_round_trip(tmp_path, hub_dir):
 def test_unknown_names_suggest_close_matches():
     with pytest.raises(ValueError, match="Did you mean: aztest_tinynet"):
         attnzoo.create_model("aztest_tinynett")
-    with pytest.raises(ValueError, match="no published checkpoint for 'aztest_tinynet.nope'"):
+    with pytest.raises(ValueError, match="unknown tag 'nope' for 'aztest_tinynet'; its tags are: untrained"):
         attnzoo.create_model("aztest_tinynet.nope", pretrained=True)
+    with pytest.raises(ValueError, match="no published checkpoint for 'aztest_tinynet.untrained'"):
+        attnzoo.create_model("aztest_tinynet.untrained", pretrained=True)
 
 
 def test_no_timm_entrypoint_is_replaced():

@@ -110,11 +110,11 @@ def test_other_image_size_and_intermediates():
 @pytest.mark.parametrize("name, kwargs", [("ninformer_cifar", dict(num_classes=3, shared_norm=False, depth=1)),
                                           ("ninformer_vit_tiny_patch16", dict(img_size=32, depth=1, num_classes=7))])
 def test_save_and_from_pretrained_rebuild_the_same_model(tmp_path, name, kwargs):
-    from attnzoo import hub
+    import attnzoo
 
     model = create_model(name, **kwargs).eval()
-    hub.save_pretrained(model, tmp_path)
-    loaded = hub.from_pretrained(tmp_path).eval()
+    attnzoo.save_pretrained(model, tmp_path)
+    loaded = attnzoo.from_pretrained(tmp_path).eval()
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(loaded(x), model(x))
     assert repr(loaded.blocks[0]).splitlines()[1] == repr(model.blocks[0]).splitlines()[1]  # seq_len, shared_norm
