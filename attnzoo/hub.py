@@ -681,6 +681,7 @@ def _stream(url: str, out: Any, record: CheckpointRecord, timeout: float, deadli
                 if received > record.size:
                     raise DownloadError(f"the server sent more than the record's {record.size} bytes")
                 out.write(chunk)
+                out.flush()  # what has arrived is on disk: a killed process leaves its partial file to clean up
                 bar.update(len(chunk))
                 if time.monotonic() - start > deadline:
                     raise DownloadError(f"the download did not finish within its {deadline:g} s deadline "
