@@ -85,6 +85,13 @@ def flow_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float
     return out.to(v.dtype)
 
 
+@register_notrace_function  # an FX leaf (timm traces the ViT with attn_mask as a Proxy); FX autowraps public names only
+def refuse_flow_mask(attn_mask: torch.Tensor | None, is_causal: bool) -> None:
+    if attn_mask is not None or is_causal:
+        raise ValueError("FlowAttention: attn_mask/is_causal are not supported: this is the non-causal "
+                         "Flow-Attention; masked keys would still enter the flow sums")
+
+
 class FlowAttention(ConfigurableLayer, nn.Module):
     """Flowformer's non-causal Flow-Attention, a drop-in for ``timm.layers.Attention`` (timm ViT ``attn_layer=``).
 
@@ -136,9 +143,7 @@ class FlowAttention(ConfigurableLayer, nn.Module):
         return batch * self.num_heads * tokens * (2 * self.head_dim * self.head_dim + 6 * self.head_dim)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
-        if attn_mask is not None or is_causal:
-            raise ValueError("FlowAttention: attn_mask/is_causal are not supported: this is the non-causal "
-                             "Flow-Attention; masked keys would still enter the flow sums")
+        refuse_flow_mask(attn_mask, is_causal)
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, h, N, d)
         q, k, v = qkv.unbind(0)

@@ -60,7 +60,7 @@ def gated_attention_state_dict_from_qwen3(state_dict: dict[str, torch.Tensor], n
 
     Args:
         state_dict: one ``Qwen3Attention``'s tensors, keys ``q_proj.weight``, ``k_proj.weight``, ... (biases
-            optional).
+            optional; ``q_norm``/``k_norm`` pass through, for ``qk_norm=True, norm_layer=timm.layers.RmsNorm``).
         num_heads: heads h.
         gate: ``'elementwise'`` (``q_proj`` has 2 h d rows) or ``'headwise'`` (h d + h rows).
     """
@@ -79,6 +79,7 @@ def gated_attention_state_dict_from_qwen3(state_dict: dict[str, torch.Tensor], n
         out[f"gate.{kind}"] = per_head[:, head_dim:].reshape(num_heads * gate_rows, *per_head.shape[2:])
     out.update({f"proj.{kind}": state_dict[f"o_proj.{kind}"] for kind in ("weight", "bias")
                 if f"o_proj.{kind}" in state_dict})
+    out.update({key: value for key, value in state_dict.items() if key.startswith(("q_norm.", "k_norm."))})
     return out
 
 

@@ -104,8 +104,9 @@ def moh_head_gates(x: torch.Tensor, shared_heads: int, routed_heads: int, w_rout
     mask = torch.zeros_like(probs).scatter(-1, probs.topk(routed_heads, dim=-1).indices, 1.0)
     loss = None
     if with_loss:
-        tokens_probs, tokens_mask = probs.reshape(-1, experts), mask.reshape(-1, experts)
-        loss = (tokens_probs.mean(0) * tokens_mask.mean(0)).mean() * experts * experts
+        # f_i in at least float32, as the authors' mask.float(): token fractions are not exact in half precision
+        fraction = mask.reshape(-1, experts).to(torch.promote_types(probs.dtype, torch.float32)).mean(0)
+        loss = (probs.reshape(-1, experts).mean(0) * fraction).mean() * experts * experts
     routed = probs * mask
     routed = routed / routed.sum(dim=-1, keepdim=True) * routed_heads  # (..., E)
     if shared_heads == 0:
