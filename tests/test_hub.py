@@ -209,7 +209,7 @@ def served(tmp_path, hub_dir, monkeypatch):
     www.mkdir()
     shutil.move(hub_dir / record.file, www / "tiny.safetensors")
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_SlowHandler, directory=str(www)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{server.server_address[1]}/tiny.safetensors"
     manifest = json.loads((hub_dir / "manifest.json").read_text())
