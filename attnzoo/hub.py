@@ -187,7 +187,10 @@ def _is_loopback(host: str | None) -> bool:
 
 def check_url(url: Any) -> str:
     """``url`` if it may be downloaded: https, or plain http to a loopback host (tests); a ValueError otherwise."""
-    parts = urllib.parse.urlsplit(url) if isinstance(url, str) else None
+    try:
+        parts = urllib.parse.urlsplit(url) if isinstance(url, str) else None
+    except ValueError:  # a malformed IPv6 host, say
+        parts = None
     if parts is not None and parts.hostname and (parts.scheme == "https" or
                                                  (parts.scheme == "http" and _is_loopback(parts.hostname))):
         return url
@@ -477,7 +480,7 @@ def sha256_of(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def verify(path: Path, expected: str, remove_in: Path | None = None, context: str = "") -> Path:
+def verify(path: Path, expected: str, remove_in: Path | None = None) -> Path:
     """Return ``path`` if its sha256 is ``expected``; otherwise raise, deleting it if it lies in ``remove_in``."""
     actual = sha256_of(path)
     if actual != expected:
@@ -485,8 +488,8 @@ def verify(path: Path, expected: str, remove_in: Path | None = None, context: st
         if remove_in is not None:
             _remove_inside(remove_in, path)
             removed = " The file was deleted from the cache; the next load downloads it again."
-        raise ChecksumError(f"sha256 mismatch for {path}{context}: expected {expected}, got {actual}. Nothing was "
-                            f"loaded.{removed}")
+        raise ChecksumError(f"sha256 mismatch for {path}: expected {expected}, got {actual}. Nothing was loaded."
+                            f"{removed}")
     return path
 
 
@@ -608,8 +611,9 @@ def download_limits(timeout: float | None = None, deadline: float | None = None)
             _seconds(deadline, "deadline", "ATTNZOO_DOWNLOAD_DEADLINE", DEFAULT_DEADLINE))
 
 
-def _temp_prefix(name: str, pid: int | None = None) -> str:
-    return f".{name}.{os.getpid() if pid is None else pid}."
+def _temp_prefix(name: str) -> str:
+    """Temporary downloads are '.NAME.PID.RANDOM.part': the pid tells a dead process's leftovers from live work."""
+    return f".{name}.{os.getpid()}."
 
 
 _TEMP = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.part")
@@ -650,7 +654,7 @@ class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
 
     max_redirections = 5
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 (urllib's signature)
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
         target = urllib.parse.urljoin(req.full_url, newurl)
         try:
             check_url(target)
@@ -675,7 +679,8 @@ def _stream(url: str, out: Any, record: CheckpointRecord, timeout: float, deadli
             raise DownloadError(f"the server announces {announced} bytes, the record {record.size}")
         received = 0
         with tqdm(total=record.size, unit="B", unit_scale=True, desc=label, leave=False) as bar:
-            # read1 returns what one receive brings, so a trickling server cannot hold a read past the deadline
+            # read1 returns what one receive brings, so the deadline is checked after every receive of a trickling
+            # server; a silent one is cut by the per-read timeout: a download ends at most `timeout` s past it
             while chunk := response.read1(2**16):
                 received += len(chunk)
                 if received > record.size:
@@ -688,6 +693,14 @@ def _stream(url: str, out: Any, record: CheckpointRecord, timeout: float, deadli
                                         f"({received} of {record.size} bytes; ATTNZOO_DOWNLOAD_DEADLINE)")
     if received != record.size:
         raise DownloadError(f"the connection closed after {received} of {record.size} bytes")
+
+
+def _check_download(record: CheckpointRecord, path: Path, url: str, target: Path) -> None:
+    actual = sha256_of(path)
+    if actual != record.sha256:
+        raise ChecksumError(f"checkpoint {record.name!r} downloaded from {url} is not the published file: sha256 "
+                            f"expected {record.sha256}, got {actual}. It was discarded and nothing was loaded. The "
+                            f"source changed or was replaced: tell its publisher. {_advice(record, target)}")
 
 
 def _download_url(record: CheckpointRecord, url: str, folder: Path, target: Path, root: Path, timeout: float,
@@ -708,8 +721,7 @@ def _download_url(record: CheckpointRecord, url: str, folder: Path, target: Path
                     reason = f"no data for {timeout:g} s (ATTNZOO_DOWNLOAD_TIMEOUT)"
                 raise DownloadError(f"could not download checkpoint {record.name!r} from {url}: {reason}. "
                                     f"{_advice(record, target)}") from err
-        verify(tmp, record.sha256, remove_in=root, context=f" (checkpoint {record.name!r} downloaded from {url}; the "
-                                                           "source no longer serves the published file)")
+        _check_download(record, tmp, url, target)
         os.replace(tmp, target)
     finally:
         if tmp.exists():
@@ -734,7 +746,7 @@ def _download_hf(record: CheckpointRecord, folder: Path, target: Path, root: Pat
         if size != record.size:
             raise DownloadError(f"could not download checkpoint {record.name!r} from {url}: got {size} bytes, the "
                                 f"record says {record.size}. {_advice(record, target)}")
-        verify(local, record.sha256, context=f" (checkpoint {record.name!r} downloaded from {url})")
+        _check_download(record, local, url, target)
         os.replace(local, target)
     finally:
         _remove_inside(root, tmp)
@@ -749,7 +761,9 @@ def resolve_file(record: CheckpointRecord, cache_dir: str | os.PathLike | None =
         cache_dir: the cache root (default :func:`cache_root`).
         timeout: seconds one network read may wait (default ``$ATTNZOO_DOWNLOAD_TIMEOUT`` or 60).
         deadline: seconds the whole download may take, and waiting for another process's download of the same
-            file (default ``$ATTNZOO_DOWNLOAD_DEADLINE`` or 3600).
+            file (default ``$ATTNZOO_DOWNLOAD_DEADLINE`` or 3600). A Hugging Face source is fetched by
+            ``huggingface_hub.hf_hub_download``, under its own timeouts (``HF_HUB_DOWNLOAD_TIMEOUT``); the size and
+            sha256 are checked here either way.
     """
     if record.hub_dir is not None:
         local = contained(record.hub_dir, record.file, f"file of checkpoint {record.name!r}")
@@ -915,6 +929,7 @@ def publish(name: str, source_dir: str | os.PathLike, to: str | os.PathLike, url
         raise ValueError(f"{weights} is {size / 2**20:.1f} MiB; the embedded hub takes checkpoints up to "
                          f"{MAX_EMBEDDED_BYTES / 2**20:.0f} MiB. Publish it to hf-hub:ORG/REPO instead.")
     hub_dir = _hub_folder(to)
+    load_manifest(hub_dir)  # a malformed manifest is refused before any file is copied
     hub_dir.mkdir(parents=True, exist_ok=True)
     contained(hub_dir, name, "checkpoint folder").mkdir(exist_ok=True)
     for item in (WEIGHTS_FILE, CONFIG, CARD):
