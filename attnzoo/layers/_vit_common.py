@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from timm.layers import maybe_add_mask, resolve_self_attn_mask
 
 __all__ = ["ConfigurableLayer", "attend", "check_choice", "check_heads", "check_int", "check_probability",
-           "refuse_flag", "reset_children", "sdpa_product_macs"]
+           "rebuild_configured", "refuse_flag", "reset_children", "sdpa_product_macs"]
 
 
 def check_int(owner: str, name: str, value: object, minimum: int) -> int:
@@ -90,29 +90,45 @@ def sdpa_product_macs(batch: int, heads: int, queries: int, keys: int, head_dim:
     return batch * heads * queries * keys * (head_dim + (head_dim if value_dim is None else value_dim))
 
 
+def rebuild_configured(root: type, fixed: dict[str, Any], state: dict[str, Any]) -> nn.Module:
+    """Unpickling helper: the configured subclass of ``root`` again, filled with the pickled module state."""
+    cls = root.configure(**fixed)
+    module = cls.__new__(cls)
+    module.__setstate__(state)
+    return module
+
+
 class ConfigurableLayer:
     """Mixin: ``Layer.configure(**fixed)`` returns a subclass whose constructor always uses ``fixed``.
 
     The fixed values replace whatever the host passes (timm's ``Block`` passes ``num_heads``, ``qkv_bias``, ...),
     so ``timm.create_model('vit_small_patch16_224', attn_layer=MoHAttention.configure(shared_heads=3,
-    routed_heads=2))`` builds every block's attention with that head split.
+    routed_heads=2))`` builds every block's attention with that head split. Instances of configured classes pickle
+    and deep-copy (the class is rebuilt from its root class and the fixed arguments).
     """
 
     configured: dict[str, Any] = {}
 
     @classmethod
     def configure(cls, **fixed: Any) -> type:
-        parameters = inspect.signature(cls.__init__).parameters
+        root = cls.__dict__.get("configured_root", cls)
+        parameters = inspect.signature(root.__init__).parameters
         unknown = sorted(set(fixed) - set(parameters) - {"self"})
         if unknown:
-            raise TypeError(f"{cls.__name__}.configure: unknown argument(s) {unknown}; the constructor takes "
+            raise TypeError(f"{root.__name__}.configure: unknown argument(s) {unknown}; the constructor takes "
                             f"{[p for p in parameters if p != 'self']}")
-        base = cls
+        fixed = {**cls.configured, **fixed}
 
         def __init__(self: nn.Module, *args: Any, **kwargs: Any) -> None:
-            base.__init__(self, *args, **{**kwargs, **fixed})
+            root.__init__(self, *args, **{**kwargs, **fixed})
 
         settings = ", ".join(f"{k}={v!r}" for k, v in fixed.items())
-        return type(cls.__name__, (cls,), {"__init__": __init__, "__module__": cls.__module__,
-                                           "__qualname__": f"{cls.__qualname__}.configure({settings})",
-                                           "configured": {**cls.configured, **fixed}})
+        return type(root.__name__, (root,), {"__init__": __init__, "__module__": root.__module__,
+                                             "__qualname__": f"{root.__qualname__}.configure({settings})",
+                                             "configured": fixed, "configured_root": root})
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        root = type(self).__dict__.get("configured_root")
+        if root is None:
+            return super().__reduce_ex__(protocol)
+        return rebuild_configured, (root, dict(type(self).configured), self.__getstate__())

@@ -194,6 +194,20 @@ def test_configure_fixes_arguments_for_timm():
     assert (layer.shared_heads, layer.routed_heads) == (2, 1)
     with pytest.raises(TypeError, match=r"unknown argument\(s\) \['top_k'\]"):
         MoHAttention.configure(top_k=2)
+    twice = cls.configure(routed_heads=2)  # configuring a configured class adds to its fixed arguments
+    assert twice.__mro__[1] is MoHAttention and twice.configured == {"shared_heads": 2, "routed_heads": 2}
+
+
+def test_configured_layers_pickle_and_deepcopy():
+    import copy
+    import pickle
+
+    model = checks.tiny_vit(attn_layer=MoHAttention.configure(shared_heads=2, routed_heads=1))
+    x = checks.images()
+    for clone in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        attn = clone.blocks[0].attn
+        assert isinstance(attn, MoHAttention) and type(attn).configured == {"shared_heads": 2, "routed_heads": 1}
+        assert torch.equal(clone(x), model(x))
 
 
 def test_device_dtype_reset_and_repr():
