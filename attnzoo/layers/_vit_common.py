@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import copyreg
 import inspect
 from typing import Any
 
@@ -20,8 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import maybe_add_mask, resolve_self_attn_mask
 
-__all__ = ["ConfigurableLayer", "attend", "check_choice", "check_heads", "check_int", "check_probability",
-           "rebuild_configured", "refuse_flag", "reset_children", "sdpa_product_macs"]
+__all__ = ["ConfigurableLayer", "ConfiguredLayerType", "attend", "check_choice", "check_heads", "check_int",
+           "check_probability", "configured_class", "refuse_flag", "reset_children", "sdpa_product_macs"]
 
 
 def check_int(owner: str, name: str, value: object, minimum: int) -> int:
@@ -90,12 +91,19 @@ def sdpa_product_macs(batch: int, heads: int, queries: int, keys: int, head_dim:
     return batch * heads * queries * keys * (head_dim + (head_dim if value_dim is None else value_dim))
 
 
-def rebuild_configured(root: type, fixed: dict[str, Any], state: dict[str, Any]) -> nn.Module:
-    """Unpickling helper: the configured subclass of ``root`` again, filled with the pickled module state."""
-    cls = root.configure(**fixed)
-    module = cls.__new__(cls)
-    module.__setstate__(state)
-    return module
+class ConfiguredLayerType(type):
+    """Metaclass of the classes ``configure`` makes: they pickle as ``(root class, fixed arguments)``.
+
+    A class is normally pickled by its qualified name, which a class made at run time does not have; timm keeps the
+    ``attn_layer`` class in ``model._model_args``, so pickling (or ``torch.save``) of a whole model needs this.
+    """
+
+
+def configured_class(root: type, fixed: dict[str, Any]) -> type:
+    return root.configure(**fixed)
+
+
+copyreg.pickle(ConfiguredLayerType, lambda cls: (configured_class, (cls.configured_root, dict(cls.configured))))
 
 
 class ConfigurableLayer:
@@ -103,8 +111,8 @@ class ConfigurableLayer:
 
     The fixed values replace whatever the host passes (timm's ``Block`` passes ``num_heads``, ``qkv_bias``, ...),
     so ``timm.create_model('vit_small_patch16_224', attn_layer=MoHAttention.configure(shared_heads=3,
-    routed_heads=2))`` builds every block's attention with that head split. Instances of configured classes pickle
-    and deep-copy (the class is rebuilt from its root class and the fixed arguments).
+    routed_heads=2))`` builds every block's attention with that head split. Configured classes (and so their
+    instances and the timm models holding them) pickle and deep-copy, see :class:`ConfiguredLayerType`.
     """
 
     configured: dict[str, Any] = {}
@@ -123,12 +131,6 @@ class ConfigurableLayer:
             root.__init__(self, *args, **{**kwargs, **fixed})
 
         settings = ", ".join(f"{k}={v!r}" for k, v in fixed.items())
-        return type(root.__name__, (root,), {"__init__": __init__, "__module__": root.__module__,
-                                             "__qualname__": f"{root.__qualname__}.configure({settings})",
-                                             "configured": fixed, "configured_root": root})
-
-    def __reduce_ex__(self, protocol: Any) -> Any:
-        root = type(self).__dict__.get("configured_root")
-        if root is None:
-            return super().__reduce_ex__(protocol)
-        return rebuild_configured, (root, dict(type(self).configured), self.__getstate__())
+        return ConfiguredLayerType(root.__name__, (root,), {
+            "__init__": __init__, "__module__": root.__module__, "configured": fixed, "configured_root": root,
+            "__qualname__": f"{root.__qualname__}.configure({settings})"})
