@@ -32,9 +32,10 @@ Deliberate limits:
   parameters are described in Sec. 5 but were not what the authors ran; they are not implemented.
 
 The paper's published totals (6 encoders: 287,686 parameters with MLP, 101,470 without; 12 encoders: 563,242
-and 198,100) fit no uniform encoder stack: the MLP share per encoder would be 31,036 from the 6-encoder pair and
-29,821 from the 12-minus-6 differences, and the 16,105 attention parameters per encoder are odd, which square
-weights plus biases never are. They are therefore not reproduced; the tests check the paper's formulas instead
+and 198,100) fit no stack of identical encoders: the MLP share per encoder would be 31,036 from the 6-encoder pair
+and 29,821 from the 12-minus-6 differences; and the odd 16,105 parameters per encoder without MLP rule out square
+(N x N) projections with biases (4N^2 + 4N plus norms is even). Width, key size and patching cannot be recovered
+from them, so they are not reproduced; the tests check the paper's formulas instead
 (``4N^2`` per attention, ``3N^2`` symmetric or collapsed, ``2N^2`` and ``N^2`` when V/O are collapsed or removed,
 ``2hN^2 + hN + N`` per MLP).
 """
