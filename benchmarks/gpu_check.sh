@@ -17,5 +17,9 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 status=0
 timeout 360 python3 benchmarks/kernels.py --device cuda || status=$?
 timeout 90 python3 benchmarks/graph_topm.py --device cuda --gpu-only || status=$?
-if [ -n "${OUT:-}" ]; then cp benchmarks/results/gpu-*.md benchmarks/results/graph_topm_cuda.md "$OUT"/ 2>/dev/null; fi
+timeout 90 python3 benchmarks/vit_attention.py --device cuda --rounds 3 || status=$?
+if [ -n "${OUT:-}" ]; then
+    cp benchmarks/results/gpu-*.md benchmarks/results/graph_topm_cuda.md benchmarks/results/vit_attention_cuda.md \
+        "$OUT"/ 2>/dev/null
+fi
 exit $status
