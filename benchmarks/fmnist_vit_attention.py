@@ -110,7 +110,7 @@ def _cost(model: torch.nn.Module) -> tuple[float, float, float]:
 
 
 def report(args: argparse.Namespace) -> None:
-    rows, anchor_top1 = [], None
+    rows, anchor_top1, anchor_params = [], None, None
     for label, folder, _, _ in RUNS:
         runs = [json.loads(p.read_text()) for p in sorted(args.out.glob(f"{folder}_seed*/row.json"))]
         if not runs:
@@ -118,10 +118,12 @@ def report(args: argparse.Namespace) -> None:
         top1 = [r["top1"] for r in runs]
         mean, sd = statistics.mean(top1), (statistics.stdev(top1) if len(top1) > 1 else float("nan"))
         anchor_top1 = mean if anchor_top1 is None else anchor_top1
+        anchor_params = runs[0]["params"] if anchor_params is None else anchor_params
         modules, total, speed = _cost(_load(args.out / f"{folder}_seed{runs[0]['seed']}", runs[0]))
         rows.append({"attention": label, "top-1 % mean ± sd": f"{mean:.2f} ± {sd:.2f} ({len(top1)})",
                      "seeds": " / ".join(f"{t:.2f}" for t in top1), "Δ vs plain": f"{mean - anchor_top1:+.2f}",
-                     "params": runs[0]["params"], "MMACs (modules)": modules, "MMACs (+ attention)": total,
+                     "params": runs[0]["params"], "params / plain": runs[0]["params"] / anchor_params,
+                     "MMACs (modules)": modules, "MMACs (+ attention)": total,
                      "images/s": speed, "steps x batch": f"{runs[0]['steps']} x 128",
                      "train s (mean)": statistics.mean(r["train_seconds"] for r in runs)})
     seen = args.max_steps * 128
