@@ -37,15 +37,19 @@ with the same arguments less ``depth`` (and less ``grad_depth``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attnzoo.kernels._dispatch import reference_vjp, resolve_backend, triton_kernels
+from attnzoo.kernels._dispatch import reference_vjp
+from attnzoo.kernels.define import define_op
 
 __all__ = [
+    "DEFORM_ATTN_3D",
+    "MS_DEFORM_ATTN",
     "deform_attn_3d",
     "deform_attn_3d_efficient",
     "deform_attn_3d_naive",
@@ -85,8 +89,9 @@ def _bilinear_corners(sampling_locations: Tensor, spatial_shapes: Tensor, level_
     y = loc[..., 1] * spatial_shapes[:, 0].view(-1, 1).to(loc.dtype) - 0.5
     x0, y0 = x.floor(), y.floor()
     fx, fy = x - x0, y - y0
-    xs = x0.long().unsqueeze(-1) + torch.tensor([0, 1, 0, 1], device=x.device)  # (bs, nq, nh, L, P, 4)
-    ys = y0.long().unsqueeze(-1) + torch.tensor([0, 0, 1, 1], device=x.device)
+    corner = torch.arange(4, device=x.device)  # arange, not a tensor literal: the export lowering stays functional
+    xs = x0.long().unsqueeze(-1) + corner % 2  # (bs, nq, nh, L, P, 4): x offsets 0, 1, 0, 1
+    ys = y0.long().unsqueeze(-1) + corner // 2  # y offsets 0, 0, 1, 1
     wx = torch.stack([1 - fx, fx, 1 - fx, fx], dim=-1)
     wy = torch.stack([1 - fy, 1 - fy, fy, fy], dim=-1)
     inside = (xs >= 0) & (xs < w_int) & (ys >= 0) & (ys < h_int)
@@ -114,6 +119,16 @@ def _depth_scores(depth: Tensor, key: Tensor, z: Tensor) -> Tensor:
     return score
 
 
+def _gather_rows(value: Tensor, key: Tensor) -> tuple[Tensor, Tensor]:
+    """Row of every (batch, query, head, level, point, corner) sample in ``value`` flattened to (bs*nk*nh, C)."""
+    bs, nk, nh, channels = value.shape
+    nq = key.shape[1]
+    head = torch.arange(nh, device=key.device).view(1, 1, nh, 1, 1, 1)
+    batch = torch.arange(bs, device=key.device).view(bs, 1, 1, 1, 1, 1)
+    rows = ((batch * nk + key) * nh + head).reshape(bs * nq * nh, -1)  # one bag of L*P*4 rows per (b, q, head)
+    return rows, value.reshape(bs * nk * nh, channels)
+
+
 def _weighted_gather(value: Tensor, key: Tensor, corner_weight: Tensor, attention_weights: Tensor) -> Tensor:
     """sum over levels, points and corners of attention * corner_weight * value[key], one embedding_bag per query.
 
@@ -121,14 +136,20 @@ def _weighted_gather(value: Tensor, key: Tensor, corner_weight: Tensor, attentio
         value (bs, nk, nh, C), key and corner_weight (bs, nq, nh, L, P, 4), attention_weights (bs, nq, nh, L, P)
         -> (bs, nq, nh * C).
     """
-    bs, nk, nh, channels = value.shape
-    nq = key.shape[1]
-    head = torch.arange(nh, device=key.device).view(1, 1, nh, 1, 1, 1)
-    batch = torch.arange(bs, device=key.device).view(bs, 1, 1, 1, 1, 1)
-    rows = ((batch * nk + key) * nh + head).reshape(bs * nq * nh, -1)  # one bag of L*P*4 rows per (b, q, head)
-    weights = (attention_weights.unsqueeze(-1) * corner_weight).to(value.dtype).reshape(bs * nq * nh, -1)
-    out = F.embedding_bag(rows, value.reshape(bs * nk * nh, channels), per_sample_weights=weights, mode="sum")
-    return out.view(bs, nq, nh * channels)  # (bs * nq * nh, C) -> (bs, nq, nh * C)
+    bs, nq = key.shape[:2]
+    rows, table = _gather_rows(value, key)
+    weights = (attention_weights.unsqueeze(-1) * corner_weight).to(value.dtype).reshape(rows.shape)
+    out = F.embedding_bag(rows, table, per_sample_weights=weights, mode="sum")
+    return out.view(bs, nq, -1)  # (bs * nq * nh, C) -> (bs, nq, nh * C)
+
+
+def _weighted_gather_dense(value: Tensor, key: Tensor, corner_weight: Tensor, attention_weights: Tensor) -> Tensor:
+    """:func:`_weighted_gather` as an indexed gather and a weighted sum (export lowering: ONNX's embedding_bag is
+    a loop). It holds every gathered row, (bs*nq*nh, L*P*4, C), where the bag form holds none."""
+    bs, nq = key.shape[:2]
+    rows, table = _gather_rows(value, key)
+    weights = (attention_weights.unsqueeze(-1) * corner_weight).to(value.dtype).reshape(*rows.shape, 1)
+    return (table[rows] * weights).sum(1).view(bs, nq, -1)
 
 
 def _naive_sum(volumes: list[Tensor], grids: Tensor, attention_weights: Tensor, bs: int, nh: int) -> Tensor:
@@ -181,16 +202,16 @@ def deform_attn_3d_naive(value: Tensor, depth: Tensor, spatial_shapes: Tensor, l
 
 
 def _dfa3d_gather(value: Tensor, depth: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
-                  sampling_locations: Tensor, attention_weights: Tensor) -> Tensor:
+                  sampling_locations: Tensor, attention_weights: Tensor, gather=_weighted_gather) -> Tensor:
     key, bilinear = _bilinear_corners(sampling_locations, spatial_shapes, level_start_index)
     score = _depth_scores(depth, key, sampling_locations[..., 2])
-    return _weighted_gather(value, key, bilinear * score, attention_weights)
+    return gather(value, key, bilinear * score, attention_weights)
 
 
 def _msda_gather(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor, sampling_locations: Tensor,
-                 attention_weights: Tensor) -> Tensor:
+                 attention_weights: Tensor, gather=_weighted_gather) -> Tensor:
     key, bilinear = _bilinear_corners(sampling_locations, spatial_shapes, level_start_index)
-    return _weighted_gather(value, key, bilinear, attention_weights)
+    return gather(value, key, bilinear, attention_weights)
 
 
 def _query_chunks(sampling_locations: Tensor) -> list[slice]:
@@ -258,98 +279,6 @@ def ms_deform_attn_efficient(value: Tensor, spatial_shapes: Tensor, level_start_
     return _chunked(_msda_gather, value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
 
 
-# ----------------------------------------------------------------------------------------- op boundary
-
-
-@torch.library.custom_op("attnzoo::deform_attn_3d", mutates_args=())
-def _deform_attn_3d_op(value: Tensor, depth: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
-                       sampling_locations: Tensor, attention_weights: Tensor, backend: str) -> Tensor:
-    if backend == "triton":
-        return triton_kernels("dfa3d_triton").deform_attn_3d_forward(
-            value, depth, spatial_shapes, level_start_index, sampling_locations, attention_weights)
-    return deform_attn_3d_efficient(value, depth, spatial_shapes, level_start_index, sampling_locations,
-                                    attention_weights)
-
-
-@_deform_attn_3d_op.register_fake
-def _(value, depth, spatial_shapes, level_start_index, sampling_locations, attention_weights, backend):
-    bs, _, nh, channels = value.shape
-    return value.new_empty(bs, sampling_locations.shape[1], nh * channels)
-
-
-@torch.library.custom_op("attnzoo::deform_attn_3d_backward", mutates_args=())
-def _deform_attn_3d_backward_op(grad_output: Tensor, value: Tensor, depth: Tensor, spatial_shapes: Tensor,
-                                level_start_index: Tensor, sampling_locations: Tensor, attention_weights: Tensor,
-                                backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    inputs = (value, depth, spatial_shapes, level_start_index, sampling_locations, attention_weights)
-    if backend == "triton":
-        return tuple(triton_kernels("dfa3d_triton").deform_attn_3d_backward(grad_output, *inputs))
-    grad_value, grad_depth, grad_locations, grad_weights = _chunked_vjp(_dfa3d_gather, inputs, grad_output)
-    return grad_value, grad_depth, grad_locations, grad_weights
-
-
-@_deform_attn_3d_backward_op.register_fake
-def _(grad_output, value, depth, spatial_shapes, level_start_index, sampling_locations, attention_weights, backend):
-    return (torch.empty_like(value), torch.empty_like(depth), torch.empty_like(sampling_locations),
-            torch.empty_like(attention_weights))
-
-
-def _save_inputs(ctx, inputs, output) -> None:
-    ctx.backend = inputs[-1]
-    ctx.save_for_backward(*inputs[:-1])
-
-
-def _deform_attn_3d_backward(ctx, grad_output: Tensor):
-    value, depth, spatial_shapes, level_start_index, locations, weights = ctx.saved_tensors
-    grad_value, grad_depth, grad_locations, grad_weights = _deform_attn_3d_backward_op(
-        grad_output.contiguous(), value, depth, spatial_shapes, level_start_index, locations, weights, ctx.backend)
-    return grad_value, grad_depth, None, None, grad_locations, grad_weights, None
-
-
-_deform_attn_3d_op.register_autograd(_deform_attn_3d_backward, setup_context=_save_inputs)
-
-
-@torch.library.custom_op("attnzoo::ms_deform_attn", mutates_args=())
-def _ms_deform_attn_op(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
-                       sampling_locations: Tensor, attention_weights: Tensor, backend: str) -> Tensor:
-    if backend == "triton":
-        return triton_kernels("dfa3d_triton").ms_deform_attn_forward(
-            value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
-    return ms_deform_attn_efficient(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
-
-
-@_ms_deform_attn_op.register_fake
-def _(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, backend):
-    bs, _, nh, channels = value.shape
-    return value.new_empty(bs, sampling_locations.shape[1], nh * channels)
-
-
-@torch.library.custom_op("attnzoo::ms_deform_attn_backward", mutates_args=())
-def _ms_deform_attn_backward_op(grad_output: Tensor, value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
-                                sampling_locations: Tensor, attention_weights: Tensor,
-                                backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    inputs = (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
-    if backend == "triton":
-        return tuple(triton_kernels("dfa3d_triton").ms_deform_attn_backward(grad_output, *inputs))
-    grad_value, grad_locations, grad_weights = _chunked_vjp(_msda_gather, inputs, grad_output)
-    return grad_value, grad_locations, grad_weights
-
-
-@_ms_deform_attn_backward_op.register_fake
-def _(grad_output, value, spatial_shapes, level_start_index, sampling_locations, attention_weights, backend):
-    return torch.empty_like(value), torch.empty_like(sampling_locations), torch.empty_like(attention_weights)
-
-
-def _ms_deform_attn_backward(ctx, grad_output: Tensor):
-    value, spatial_shapes, level_start_index, locations, weights = ctx.saved_tensors
-    grad_value, grad_locations, grad_weights = _ms_deform_attn_backward_op(
-        grad_output.contiguous(), value, spatial_shapes, level_start_index, locations, weights, ctx.backend)
-    return grad_value, None, None, grad_locations, grad_weights, None
-
-
-_ms_deform_attn_op.register_autograd(_ms_deform_attn_backward, setup_context=_save_inputs)
-
-
 # ------------------------------------------------------------------------------------------ validation
 
 
@@ -403,6 +332,8 @@ def _check_inputs(value: Tensor, depth: Tensor | None, spatial_shapes: Tensor, l
                          f"match {_describe('sampling_locations', loc)}")
     if torch.compiler.is_compiling():
         return  # the checks below read tensor data, which would break the graph
+    if num_levels and int(spatial_shapes.min()) < 1:
+        raise ValueError(f"spatial_shapes {spatial_shapes.tolist()}: every level's (h, w) must be positive")
     sizes = spatial_shapes.prod(dim=1)
     starts = torch.cumsum(sizes, 0) - sizes
     if int(sizes.sum()) != num_keys:
@@ -411,6 +342,54 @@ def _check_inputs(value: Tensor, depth: Tensor | None, spatial_shapes: Tensor, l
     if not torch.equal(starts.to(level_start_index), level_start_index):
         raise ValueError(f"level_start_index {level_start_index.tolist()} must be the running start of the levels "
                          f"of spatial_shapes {spatial_shapes.tolist()}: expected {starts.tolist()}")
+
+
+# ------------------------------------------------------------------------------------------ op definitions
+
+
+def _sampling_flops(value, sampling_locations, extra_per_corner: int) -> int:
+    """2 FLOPs per (sample corner, channel) multiply-add of the weighted gather, plus ``extra_per_corner``
+    multiply-adds per corner for its weight (DFA3D's two depth taps)."""
+    bs, nq, nh, num_levels, num_points, _ = sampling_locations
+    corners = bs * nq * nh * num_levels * num_points * 4
+    return 2 * corners * (value[-1] + extra_per_corner)
+
+
+_DEFORMABLE = dict(autocast="fp32")  # coordinates: BEVFormer runs MSDA in fp32 under AMP (..._fp32 function)
+
+DEFORM_ATTN_3D = define_op(
+    "deform_attn_3d",
+    "(Tensor value, Tensor depth, Tensor spatial_shapes, Tensor level_start_index, Tensor sampling_locations, "
+    "Tensor attention_weights) -> Tensor",
+    reference=deform_attn_3d_efficient,
+    lowering=functools.partial(_dfa3d_gather, gather=_weighted_gather_dense),
+    triton=("dfa3d_triton", "deform_attn_3d_forward"),
+    fake=lambda value, depth, shapes, starts, loc, weights: value.new_empty(
+        value.shape[0], loc.shape[1], value.shape[2] * value.shape[3]),
+    backward=lambda grad_output, *inputs: _chunked_vjp(_dfa3d_gather, inputs, grad_output),
+    backward_triton=("dfa3d_triton", "deform_attn_3d_backward"),
+    grads_for=("value", "depth", "sampling_locations", "attention_weights"),
+    validate=lambda value, depth, *rest: _check_inputs(value, depth, *rest, coord_dim=3),
+    flops=lambda value, depth, shapes, starts, loc, weights: _sampling_flops(value, loc, 2),
+    **_DEFORMABLE,
+)
+
+MS_DEFORM_ATTN = define_op(
+    "ms_deform_attn",
+    "(Tensor value, Tensor spatial_shapes, Tensor level_start_index, Tensor sampling_locations, "
+    "Tensor attention_weights) -> Tensor",
+    reference=ms_deform_attn_efficient,
+    lowering=functools.partial(_msda_gather, gather=_weighted_gather_dense),
+    triton=("dfa3d_triton", "ms_deform_attn_forward"),
+    fake=lambda value, shapes, starts, loc, weights: value.new_empty(
+        value.shape[0], loc.shape[1], value.shape[2] * value.shape[3]),
+    backward=lambda grad_output, *inputs: _chunked_vjp(_msda_gather, inputs, grad_output),
+    backward_triton=("dfa3d_triton", "ms_deform_attn_backward"),
+    grads_for=("value", "sampling_locations", "attention_weights"),
+    validate=lambda value, *rest: _check_inputs(value, None, *rest, coord_dim=2),
+    flops=lambda value, shapes, starts, loc, weights: _sampling_flops(value, loc, 0),
+    **_DEFORMABLE,
+)
 
 
 # ------------------------------------------------------------------------------------------ public ops
@@ -434,9 +413,8 @@ def deform_attn_3d(value: Tensor, depth: Tensor, spatial_shapes: Tensor, level_s
         level_start_index (L,), sampling_locations (bs, nq, num_heads, L, P, 3), attention_weights
         (bs, nq, num_heads, L, P) -> (bs, nq, num_heads * head_dim).
     """
-    _check_inputs(value, depth, spatial_shapes, level_start_index, sampling_locations, attention_weights, 3)
-    return _deform_attn_3d_op(value, depth, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-                              resolve_backend(backend, value))
+    return DEFORM_ATTN_3D(value, depth, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+                          backend=backend)
 
 
 def ms_deform_attn(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor, sampling_locations: Tensor,
@@ -450,6 +428,5 @@ def ms_deform_attn(value: Tensor, spatial_shapes: Tensor, level_start_index: Ten
         sampling_locations (bs, nq, num_heads, L, P, 2), attention_weights (bs, nq, num_heads, L, P)
         -> (bs, nq, num_heads * head_dim).
     """
-    _check_inputs(value, None, spatial_shapes, level_start_index, sampling_locations, attention_weights, 2)
-    return _ms_deform_attn_op(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-                              resolve_backend(backend, value))
+    return MS_DEFORM_ATTN(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+                          backend=backend)

@@ -25,10 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from attnzoo._checks import check_nchw
-from attnzoo.kernels._dispatch import resolve_backend, triton_kernels
+from attnzoo.kernels.define import define_op
 
-__all__ = ["ela_gate", "ela_gate_backward_reference", "ela_gate_reference"]
-
+__all__ = ["ELA_GATE", "ela_gate", "ela_gate_backward_reference", "ela_gate_reference"]
 
 
 def ela_gate_reference(x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor,
@@ -108,52 +107,6 @@ def ela_gate_backward_reference(grad_out: torch.Tensor, x: torch.Tensor, weight:
     return grad_x, grad_weight, grad_norm_weight, grad_norm_bias
 
 
-@torch.library.custom_op("attnzoo::ela_gate", mutates_args=())
-def _ela_gate_op(x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor,
-                 groups: int, norm_groups: int, eps: float, backend: str) -> torch.Tensor:
-    if backend == "triton":
-        return triton_kernels("ela_triton").ela_gate_forward(x, weight, norm_weight, norm_bias, groups, norm_groups,
-                                                             eps)
-    return ela_gate_reference(x, weight, norm_weight, norm_bias, groups, norm_groups, eps)
-
-
-@_ela_gate_op.register_fake
-def _(x, weight, norm_weight, norm_bias, groups, norm_groups, eps, backend):
-    return torch.empty_like(x)
-
-
-@torch.library.custom_op("attnzoo::ela_gate_backward", mutates_args=())
-def _ela_gate_backward_op(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor,
-                          norm_bias: torch.Tensor, groups: int, norm_groups: int, eps: float,
-                          backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    if backend == "triton":
-        grads = triton_kernels("ela_triton").ela_gate_backward(grad_out, x, weight, norm_weight, norm_bias, groups,
-                                                      norm_groups, eps)
-    else:
-        grads = ela_gate_backward_reference(grad_out, x, weight, norm_weight, norm_bias, groups, norm_groups, eps)
-    return tuple(grads)
-
-
-@_ela_gate_backward_op.register_fake
-def _(grad_out, x, weight, norm_weight, norm_bias, groups, norm_groups, eps, backend):
-    return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(norm_weight), torch.empty_like(norm_bias)
-
-
-def _setup_context(ctx, inputs, output) -> None:
-    x, weight, norm_weight, norm_bias, groups, norm_groups, eps, backend = inputs
-    ctx.save_for_backward(x, weight, norm_weight, norm_bias)
-    ctx.config = (groups, norm_groups, eps, backend)
-
-
-def _backward(ctx, grad_out):
-    x, weight, norm_weight, norm_bias = ctx.saved_tensors
-    grads = _ela_gate_backward_op(grad_out.contiguous(), x, weight, norm_weight, norm_bias, *ctx.config)
-    return (*grads, None, None, None, None)
-
-
-_ela_gate_op.register_autograd(_backward, setup_context=_setup_context)
-
-
 def _check_param(t: torch.Tensor, name: str, shape: tuple[int, ...], x: torch.Tensor) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"ela_gate: {name} must be a torch.Tensor, got {type(t).__name__}")
@@ -163,6 +116,47 @@ def _check_param(t: torch.Tensor, name: str, shape: tuple[int, ...], x: torch.Te
     if t.dtype != x.dtype or t.device != x.device:
         raise ValueError(f"ela_gate: {name} must match x's dtype and device ({x.dtype}, {x.device}), "
                          f"got ({t.dtype}, {t.device})")
+
+
+def _check_inputs(x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor,
+                  groups: int, norm_groups: int, eps: float) -> None:
+    check_nchw(x, where="ela_gate")
+    channels = x.shape[1]
+    for name, value in (("groups", groups), ("norm_groups", norm_groups)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1 or channels % value:
+            raise ValueError(f"ela_gate: {name} must be a positive int dividing C={channels}, got {value!r}")
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 3 or weight.shape[-1] % 2 == 0:
+        got = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise ValueError(f"ela_gate: weight must be a 3-D (C, C // groups, k) tensor with odd k, got {got}")
+    _check_param(weight, "weight", (channels, channels // groups, weight.shape[-1]), x)
+    _check_param(norm_weight, "norm_weight", (channels,), x)
+    _check_param(norm_bias, "norm_bias", (channels,), x)
+    if not eps > 0:
+        raise ValueError(f"ela_gate: eps must be > 0, got {eps!r}")
+
+
+def _ela_flops(x, weight, norm_weight, norm_bias, groups, norm_groups, eps) -> int:
+    """The shared Conv1d over both strips, 2 FLOPs per multiply-add: the one contraction in the gate. Pooling,
+    GroupNorm, sigmoid and the gating products are elementwise, which FlopCounterMode counts as 0 for aten ops
+    too (it counts matmuls and convolutions), so the two counts stay comparable."""
+    b, c, h, w = x
+    return 2 * b * c * (h + w) * (c // groups) * weight[-1]
+
+
+ELA_GATE = define_op(
+    "ela_gate",
+    "(Tensor x, Tensor weight, Tensor norm_weight, Tensor norm_bias, int groups, int norm_groups, float eps) "
+    "-> Tensor",
+    reference=ela_gate_reference,
+    triton=("ela_triton", "ela_gate_forward"),
+    fake=lambda x, *_: torch.empty_like(x, memory_format=torch.contiguous_format),
+    backward=ela_gate_backward_reference,
+    backward_triton=("ela_triton", "ela_gate_backward"),
+    grads_for=("x", "weight", "norm_weight", "norm_bias"),
+    autocast="lower",
+    validate=_check_inputs,
+    flops=_ela_flops,
+)
 
 
 def ela_gate(x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor,
@@ -182,18 +176,4 @@ def ela_gate(x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor, n
     Shapes:
         x: (B, C, H, W); weight: (C, C // groups, k); norm_weight, norm_bias: (C,); returns (B, C, H, W).
     """
-    check_nchw(x, where="ela_gate")
-    channels = x.shape[1]
-    for name, value in (("groups", groups), ("norm_groups", norm_groups)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1 or channels % value:
-            raise ValueError(f"ela_gate: {name} must be a positive int dividing C={channels}, got {value!r}")
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 3 or weight.shape[-1] % 2 == 0:
-        got = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
-        raise ValueError(f"ela_gate: weight must be a 3-D (C, C // groups, k) tensor with odd k, got {got}")
-    _check_param(weight, "weight", (channels, channels // groups, weight.shape[-1]), x)
-    _check_param(norm_weight, "norm_weight", (channels,), x)
-    _check_param(norm_bias, "norm_bias", (channels,), x)
-    if not eps > 0:
-        raise ValueError(f"ela_gate: eps must be > 0, got {eps!r}")
-    return _ela_gate_op(x, weight, norm_weight, norm_bias, groups, norm_groups, float(eps),
-                        resolve_backend(backend, x))
+    return ELA_GATE(x, weight, norm_weight, norm_bias, groups, norm_groups, float(eps), backend=backend)

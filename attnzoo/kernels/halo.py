@@ -33,9 +33,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from attnzoo.kernels._dispatch import resolve_backend, triton_kernels
+from attnzoo.kernels.define import define_op
 
-__all__ = ["halo_attention", "halo_attention_reference"]
+__all__ = ["HALO_ATTENTION", "halo_attention", "halo_attention_lowering", "halo_attention_reference"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -210,55 +210,72 @@ def _halo_backward_torch(grad_out: torch.Tensor, out: torch.Tensor, q: torch.Ten
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Op boundary
+# Export/ONNX lowering
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("attnzoo::halo_attention", mutates_args=())
-def _halo_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, height_rel: torch.Tensor,
-                       width_rel: torch.Tensor, block_size: int, halo_size: int, stride: int, scale: float,
-                       scale_pos_embed: bool, mask_padding: bool, backend: str) -> torch.Tensor:
-    args = (block_size, halo_size, stride, scale, scale_pos_embed, mask_padding)
-    if backend == "triton":
-        return triton_kernels("halo_triton").halo_attention_forward(q, k, v, height_rel, width_rel, *args)
-    return halo_attention_reference(q, k, v, height_rel, width_rel, *args)
+def _window_index(num_blocks: torch.SymInt | int, block_size: int, win: int, device: torch.device) -> torch.Tensor:
+    """(num_blocks, win) padded-map rows (or columns) of every block's window: block i starts at i * block_size."""
+    starts = torch.arange(num_blocks, device=device) * block_size
+    return starts.unsqueeze(1) + torch.arange(win, device=device)
 
 
-@_halo_attention_op.register_fake
-def _(q, k, v, height_rel, width_rel, block_size, halo_size, stride, scale, scale_pos_embed, mask_padding, backend):
-    return q.new_empty(q.shape[0], v.shape[1], q.shape[2], q.shape[3])
+def _relative_rows(table: torch.Tensor, query_block: int, win: int) -> torch.Tensor:
+    """(query_block, win, d) rows ``table[k - i + win - 1]`` for query coordinate i and window coordinate k."""
+    i = torch.arange(query_block, device=table.device).unsqueeze(1)
+    k = torch.arange(win, device=table.device)
+    return table[k - i + win - 1]
 
 
-@torch.library.custom_op("attnzoo::halo_attention_backward", mutates_args=())
-def _halo_attention_backward_op(grad_out: torch.Tensor, out: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
-                                v: torch.Tensor, height_rel: torch.Tensor, width_rel: torch.Tensor, block_size: int,
-                                halo_size: int, stride: int, scale: float, scale_pos_embed: bool,
-                                mask_padding: bool, backend: str) -> list[torch.Tensor]:
-    args = (grad_out, out, q, k, v, height_rel, width_rel, block_size, halo_size, stride, scale, scale_pos_embed,
-            mask_padding)
-    if backend == "triton":
-        return list(triton_kernels("halo_triton").halo_attention_backward(*args))
-    return list(_halo_backward_torch(*args))
+def halo_attention_lowering(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, height_rel: torch.Tensor,
+                            width_rel: torch.Tensor, block_size: int, halo_size: int, stride: int = 1,
+                            scale: float = 1.0, scale_pos_embed: bool = False,
+                            mask_padding: bool = False) -> torch.Tensor:
+    """The same function as :func:`halo_attention_reference` in export-friendly ops (the ONNX lowering).
+
+    Windows are gathered with index tensors instead of ``unfold`` views, the relative-position rows are gathered
+    from the tables before the product (a static ``(qb, win, d)`` gather) instead of skewing the products with
+    ``as_strided``, and nothing is written in place, so it traces with symbolic H and W.
+    """
+    bh, dqk, h, w = k.shape
+    hq, wq = q.shape[-2:]
+    query_block = block_size // stride
+    win = block_size + 2 * halo_size
+    nbh, nbw = (h + block_size - 1) // block_size, (w + block_size - 1) // block_size
+    # queries -> blocks: (BH, nbh, nbw, qb, qb, dqk)
+    qp = F.pad(q, (0, nbw * query_block - wq, 0, nbh * query_block - hq))
+    qb = qp.view(bh, dqk, nbh, query_block, nbw, query_block).permute(0, 2, 4, 3, 5, 1)
+    rows = _window_index(nbh, block_size, win, q.device)  # (nbh, win)
+    cols = _window_index(nbw, block_size, win, q.device)  # (nbw, win)
+
+    def windows(x: torch.Tensor) -> torch.Tensor:
+        """(BH, C, H, W) -> (BH, nbh, nbw, win * win, C): the padded map gathered at each block's window."""
+        xp = F.pad(x, _window_padding(h, w, nbh, nbw, block_size, halo_size))
+        xw = xp[:, :, rows][..., cols]  # (BH, C, nbh, win, nbw, win)
+        return xw.permute(0, 2, 4, 3, 5, 1).reshape(bh, nbh, nbw, win * win, x.shape[1])
+
+    kw, vw = windows(k), windows(v)
+    logits = torch.matmul(qb.reshape(bh, nbh, nbw, -1, dqk) * scale, kw.transpose(-1, -2))  # (.., qb**2, win**2)
+    qr = qb * scale if scale_pos_embed else qb
+    rel_h = torch.einsum("bxyijd,ikd->bxyijk", qr, _relative_rows(height_rel, query_block, win))  # k: window row
+    rel_w = torch.einsum("bxyijd,jkd->bxyijk", qr, _relative_rows(width_rel, query_block, win))  # k: window column
+    logits = logits.view(bh, nbh, nbw, query_block, query_block, win, win) + rel_h.unsqueeze(-1) + \
+        rel_w.unsqueeze(-2)
+    if mask_padding:
+        inside_rows = (rows >= halo_size) & (rows < halo_size + h)  # (nbh, win)
+        inside_cols = (cols >= halo_size) & (cols < halo_size + w)  # (nbw, win)
+        inside = inside_rows.view(nbh, 1, 1, 1, win, 1) & inside_cols.view(1, nbw, 1, 1, 1, win)
+        logits = logits.masked_fill(~inside, float("-inf"))
+    attn = logits.reshape(bh, nbh, nbw, query_block * query_block, win * win).softmax(-1)
+    out = torch.matmul(attn, vw)  # (BH, nbh, nbw, qb**2, dv)
+    out = out.view(bh, nbh, nbw, query_block, query_block, -1).permute(0, 5, 1, 3, 2, 4)
+    out = out.reshape(bh, -1, nbh * query_block, nbw * query_block)
+    return out[:, :, :hq, :wq]
 
 
-@_halo_attention_backward_op.register_fake
-def _(grad_out, out, q, k, v, height_rel, width_rel, block_size, halo_size, stride, scale, scale_pos_embed,
-      mask_padding, backend):
-    return [torch.empty_like(t) for t in (q, k, v, height_rel, width_rel)]
-
-
-def _setup_context(ctx, inputs, output):
-    q, k, v, height_rel, width_rel, *ctx.args = inputs
-    ctx.save_for_backward(q, k, v, height_rel, width_rel, output)
-
-
-def _backward(ctx, grad_out):
-    q, k, v, height_rel, width_rel, out = ctx.saved_tensors
-    grads = _halo_attention_backward_op(grad_out.contiguous(), out, q, k, v, height_rel, width_rel, *ctx.args)
-    return (*grads, *([None] * len(ctx.args)))
-
-
-_halo_attention_op.register_autograd(_backward, setup_context=_setup_context)
+# ---------------------------------------------------------------------------------------------------------------
+# Op definition
+# ---------------------------------------------------------------------------------------------------------------
 
 
 def _check_int(name: str, value: int, low: int) -> None:
@@ -268,32 +285,9 @@ def _check_int(name: str, value: int, low: int) -> None:
         raise ValueError(f"{name} must be >= {low}, got {value}")
 
 
-def halo_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, height_rel: torch.Tensor,
-                   width_rel: torch.Tensor, block_size: int, halo_size: int, stride: int = 1, scale: float = 1.0,
-                   scale_pos_embed: bool = False, mask_padding: bool = False,
-                   backend: str | None = None) -> torch.Tensor:
-    """Halo attention of a query map over blocked windows of a key/value map.
-
-    Args:
-        q: queries, one map per (batch, head) pair, at ``1 / stride`` of the key resolution.
-        k: keys at full resolution.
-        v: values at full resolution.
-        height_rel: relative-position table along height, ``2 * win - 1`` rows with ``win = block_size +
-            2 * halo_size`` (rows ``[0, 2 * halo_size)`` are never used, as in timm).
-        width_rel: relative-position table along width, same shape.
-        block_size: side of the key blocks; query blocks are ``block_size // stride`` wide.
-        halo_size: pixels of halo around each block on every side.
-        stride: 1, or 2 for strided queries (then ``block_size`` must be even).
-        scale: multiplies ``q.k`` (and the position term when ``scale_pos_embed``).
-        scale_pos_embed: scale the relative-position logits too.
-        mask_padding: exclude window pixels outside the map from the softmax (default: timm's zero keys).
-        backend: 'auto', 'torch', 'triton', or None for the process default (see ``attnzoo.kernels.set_backend``).
-
-    Shapes:
-        q: (BH, dqk, ceil(H / stride), ceil(W / stride)); k: (BH, dqk, H, W); v: (BH, dv, H, W);
-        height_rel, width_rel: (2 * win - 1, dqk). Returns (BH, dv, ceil(H / stride), ceil(W / stride)).
-        H and W need not be multiples of ``block_size``.
-    """
+def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, height_rel: torch.Tensor,
+                  width_rel: torch.Tensor, block_size: int, halo_size: int, stride: int, scale: float,
+                  scale_pos_embed: bool, mask_padding: bool) -> None:
     for name, t in (("q", q), ("k", k), ("v", v), ("height_rel", height_rel), ("width_rel", width_rel)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -322,5 +316,62 @@ def halo_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, height_rel
         if tuple(table.shape) != (2 * win - 1, dqk):
             raise ValueError(f"{name} has shape {tuple(table.shape)}; expected (2 * win - 1, dqk) = "
                              f"({2 * win - 1}, {dqk}) for block_size={block_size}, halo_size={halo_size}")
-    return _halo_attention_op(q, k, v, height_rel, width_rel, block_size, halo_size, stride, float(scale),
-                              bool(scale_pos_embed), bool(mask_padding), resolve_backend(backend, q))
+
+
+def _halo_flops(q, k, v, height_rel, width_rel, block_size, halo_size, stride, scale, scale_pos_embed,
+                mask_padding) -> int:
+    """2 multiply-adds per (query, window key, channel) for q.k and for p.v, plus the two position products."""
+    bh, dqk, h, w = k
+    dv = v[1]
+    query_block, win = block_size // stride, block_size + 2 * halo_size
+    blocks = bh * math.ceil(h / block_size) * math.ceil(w / block_size)
+    queries = blocks * query_block * query_block
+    return 2 * queries * win * win * (dqk + dv) + 2 * 2 * queries * win * dqk
+
+
+HALO_ATTENTION = define_op(
+    "halo_attention",
+    "(Tensor q, Tensor k, Tensor v, Tensor height_rel, Tensor width_rel, int block_size, int halo_size, int stride, "
+    "float scale, bool scale_pos_embed, bool mask_padding) -> Tensor",
+    reference=halo_attention_reference,
+    lowering=halo_attention_lowering,
+    triton=("halo_triton", "halo_attention_forward"),
+    fake=lambda q, k, v, *_: q.new_empty(q.shape[0], v.shape[1], q.shape[2], q.shape[3]),
+    backward=_halo_backward_torch,
+    backward_triton=("halo_triton", "halo_attention_backward"),
+    grads_for=("q", "k", "v", "height_rel", "width_rel"),
+    backward_needs_output=True,
+    autocast="lower",
+    validate=_check_inputs,
+    flops=_halo_flops,
+)
+
+
+def halo_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, height_rel: torch.Tensor,
+                   width_rel: torch.Tensor, block_size: int, halo_size: int, stride: int = 1, scale: float = 1.0,
+                   scale_pos_embed: bool = False, mask_padding: bool = False,
+                   backend: str | None = None) -> torch.Tensor:
+    """Halo attention of a query map over blocked windows of a key/value map.
+
+    Args:
+        q: queries, one map per (batch, head) pair, at ``1 / stride`` of the key resolution.
+        k: keys at full resolution.
+        v: values at full resolution.
+        height_rel: relative-position table along height, ``2 * win - 1`` rows with ``win = block_size +
+            2 * halo_size`` (rows ``[0, 2 * halo_size)`` are never used, as in timm).
+        width_rel: relative-position table along width, same shape.
+        block_size: side of the key blocks; query blocks are ``block_size // stride`` wide.
+        halo_size: pixels of halo around each block on every side.
+        stride: 1, or 2 for strided queries (then ``block_size`` must be even).
+        scale: multiplies ``q.k`` (and the position term when ``scale_pos_embed``).
+        scale_pos_embed: scale the relative-position logits too.
+        mask_padding: exclude window pixels outside the map from the softmax (default: timm's zero keys).
+        backend: 'auto', 'torch', 'triton', or None for the process default (see ``attnzoo.kernels.set_backend``).
+
+    Shapes:
+        q: (BH, dqk, ceil(H / stride), ceil(W / stride)); k: (BH, dqk, H, W); v: (BH, dv, H, W);
+        height_rel, width_rel: (2 * win - 1, dqk). Returns (BH, dv, ceil(H / stride), ceil(W / stride)).
+        H and W need not be multiples of ``block_size``.
+    """
+    return HALO_ATTENTION(q, k, v, height_rel, width_rel, block_size, halo_size, stride, float(scale),
+                          bool(scale_pos_embed), bool(mask_padding), backend=backend)

@@ -23,14 +23,19 @@ sampling is vectorised (the code loops over vertices in Python).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 from torch import Tensor
 
-from attnzoo.kernels._dispatch import resolve_backend, triton_kernels
+from attnzoo.kernels._dispatch import triton_kernels
+from attnzoo.kernels.define import define_op
 
 __all__ = [
+    "SCORE_CANDIDATES",
+    "TOPM_ATTENTION",
+    "TOPM_KNN",
     "sample_neighbor_mask",
     "score_candidates",
     "topm_attention",
@@ -38,6 +43,7 @@ __all__ = [
     "topm_attention_reference",
     "topm_attention_weights",
     "topm_knn",
+    "topm_knn_lowering",
     "topm_knn_reference",
 ]
 
@@ -74,6 +80,54 @@ def _check_batch(batch: Tensor | None, num: int, name: str) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _stable_sort(x: Tensor, descending: bool = False) -> torch.return_types.sort:
+    return torch.sort(x, descending=descending, stable=True)
+
+
+def _ranked_candidates(score: Tensor, m: int, batch: Tensor | None, sort=_stable_sort) -> Tensor:
+    """The candidate rows of :func:`score_candidates`: ``[1, m']`` for one graph, ``[N, m']`` per graph.
+
+    Order: descending score, ties to the lower vertex id, i.e. stable sorts, so that one graph given as
+    ``batch=None`` and as an all-zero batch vector picks the same candidates (``topk`` breaks ties in no documented
+    order). ``stable=False`` is the export lowering: ONNX has no stable sort, but its TopK (which aten's sort
+    becomes) breaks ties by the lower index, which is the same order.
+    """
+    num = score.size(0)
+    m = min(m, num)
+    order = sort(score, descending=True).indices  # [N]
+    if batch is None:
+        return order[:m].unsqueeze(0)  # [1, m], one shared candidate set
+    order = order[sort(batch[order]).indices]  # [N] grouped by graph, same order inside
+    # At most N graphs, so N slots hold every graph's size without reading the number of graphs back.
+    count = torch.zeros(num, dtype=torch.long, device=score.device).scatter_add(0, batch, torch.ones_like(batch))
+    start = torch.cumsum(count, 0) - count  # [N] first position of each graph in `order`
+    rank = torch.arange(m, device=score.device)
+    pos = start[batch].unsqueeze(1) + rank  # [N, m]
+    valid = rank < count[batch].unsqueeze(1)  # [N, m]
+    return torch.where(valid, order[pos.clamp(max=num - 1)], -1)
+
+
+def _check_scores(score: Tensor, m: int, batch: Tensor | None) -> None:
+    if not isinstance(score, Tensor) or score.dim() != 1 or not score.is_floating_point():
+        got = tuple(score.shape) if isinstance(score, Tensor) else type(score).__name__
+        raise ValueError(f"score must be a floating 1-D [N] tensor, got {got}")
+    if m < 1:
+        raise ValueError(f"m must be >= 1, got {m}")
+    _check_batch(batch, score.size(0), "batch")
+
+
+SCORE_CANDIDATES = define_op(
+    "score_candidates",
+    "(Tensor score, int m, Tensor? batch) -> Tensor",
+    reference=_ranked_candidates,
+    lowering=functools.partial(_ranked_candidates, sort=torch.sort),
+    fake=lambda score, m, batch: score.new_empty((1 if batch is None else score.size(0), min(m, score.size(0))),
+                                                 dtype=torch.long),
+    autocast="fp32",  # an index-valued op: rank at full precision
+    validate=_check_scores,
+)
+
+
 def score_candidates(score: Tensor, m: int, batch: Tensor | None = None) -> Tensor:
     """For every vertex, the ``m`` vertices of its own graph with the highest ``score`` (highest first).
 
@@ -83,28 +137,12 @@ def score_candidates(score: Tensor, m: int, batch: Tensor | None = None) -> Tens
         batch: graph id of every vertex (PyG ``batch``), ids in ``[0, N)``; None means one graph.
 
     Shapes:
-        score ``[N]``, batch ``[N]`` -> index ``[N, min(m, N)]`` (int64).
+        score ``[N]``, batch ``[N]`` -> index ``[N, min(m, N)]`` (int64). For ``batch=None`` every row is the
+        same candidate set, returned as an ``expand``-ed view (row stride 0) that :func:`topm_attention` gathers
+        once instead of N times.
     """
-    if score.dim() != 1:
-        raise ValueError(f"score must be 1-D [N], got shape {tuple(score.shape)}")
-    if m < 1:
-        raise ValueError(f"m must be >= 1, got {m}")
-    _check_batch(batch, score.size(0), "batch")
-    num = score.size(0)
-    m = min(m, num)
-    if batch is None:
-        top = torch.topk(score, m).indices  # [m]
-        return top.unsqueeze(0).expand(num, m)  # [N, m], one shared candidate set
-    # Order the vertices by graph, and by descending score inside a graph (two stable sorts).
-    order = torch.sort(score, descending=True, stable=True).indices
-    order = order[torch.sort(batch[order], stable=True).indices]  # [N]
-    # At most N graphs, so N slots hold every graph's size without reading the number of graphs back.
-    count = torch.zeros(num, dtype=torch.long, device=score.device).scatter_add_(0, batch, torch.ones_like(batch))
-    start = torch.cumsum(count, 0) - count  # [N] first position of each graph in `order`
-    rank = torch.arange(m, device=score.device)
-    pos = start[batch].unsqueeze(1) + rank  # [N, m]
-    valid = rank < count[batch].unsqueeze(1)  # [N, m]
-    return torch.where(valid, order[pos.clamp(max=num - 1)], -1)
+    index = SCORE_CANDIDATES(score, m, batch)
+    return index.expand(score.size(0), -1) if batch is None else index
 
 
 def sample_neighbor_mask(dst: Tensor, num_nodes: int, k: int, generator: torch.Generator | None = None) -> Tensor:
@@ -169,17 +207,47 @@ def topm_knn_reference(query: Tensor, key: Tensor, m: int, batch_query: Tensor, 
     return out
 
 
-@torch.library.custom_op("attnzoo::topm_knn", mutates_args=())
-def _topm_knn_op(query: Tensor, key: Tensor, m: int, batch_query: Tensor, batch_key: Tensor, block_size: int,
-                 backend: str) -> Tensor:
-    if backend == "triton":
-        return triton_kernels("topm_triton").topm_knn(query, key, m, batch_query, batch_key)
-    return topm_knn_reference(query, key, m, batch_query, batch_key, block_size)
+def topm_knn_lowering(query: Tensor, key: Tensor, m: int, batch_query: Tensor, batch_key: Tensor,
+                      block_size: int = 1024) -> Tensor:
+    """:func:`topm_knn_reference` as one masked ``[N, S]`` similarity and a top-k: the export/ONNX lowering.
+
+    It holds the whole similarity matrix (the blockwise reference never does), which an exported graph has to, as
+    its sizes are symbolic; ``block_size`` is accepted for the schema and unused.
+    """
+    sim = (query @ key.T).masked_fill(batch_query.unsqueeze(1) != batch_key.unsqueeze(0), -math.inf)  # [N, S]
+    best_val, best_idx = sim.topk(min(m, key.size(0)), dim=1)
+    return torch.where(best_val == -math.inf, -1, best_idx)
 
 
-@_topm_knn_op.register_fake
-def _(query, key, m, batch_query, batch_key, block_size, backend):
-    return query.new_empty((query.size(0), min(m, key.size(0))), dtype=torch.long)
+def _triton_knn(query: Tensor, key: Tensor, m: int, batch_query: Tensor, batch_key: Tensor,
+                block_size: int) -> Tensor:
+    return triton_kernels("topm_triton").topm_knn(query, key, m, batch_query, batch_key)  # picks its own tiles
+
+
+def _check_knn(query: Tensor, key: Tensor, m: int, batch_query: Tensor, batch_key: Tensor, block_size: int) -> None:
+    if query.dim() != 2 or key.dim() != 2 or query.size(1) != key.size(1):
+        raise ValueError(f"query and key must be [N, F] and [S, F], got {tuple(query.shape)} and {tuple(key.shape)}")
+    if query.dtype != key.dtype or not query.is_floating_point():
+        raise TypeError(f"query and key must share one floating dtype, got {query.dtype} and {key.dtype}")
+    if m < 1:
+        raise ValueError(f"m must be >= 1, got {m}")
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    _check_batch(batch_query, query.size(0), "batch")
+    _check_batch(batch_key, key.size(0), "batch_key")
+
+
+TOPM_KNN = define_op(
+    "topm_knn",
+    "(Tensor query, Tensor key, int m, Tensor batch_query, Tensor batch_key, int block_size) -> Tensor",
+    reference=topm_knn_reference,
+    lowering=topm_knn_lowering,
+    triton=_triton_knn,
+    fake=lambda query, key, m, *_: query.new_empty((query.size(0), min(m, key.size(0))), dtype=torch.long),
+    autocast="fp32",  # an index-valued op: rank the candidates at full precision
+    validate=_check_knn,
+    flops=lambda query, key, *_: 2 * query[0] * key[0] * query[1],
+)
 
 
 def topm_knn(query: Tensor, key: Tensor, m: int, batch: Tensor | None = None, batch_key: Tensor | None = None,
@@ -200,23 +268,16 @@ def topm_knn(query: Tensor, key: Tensor, m: int, batch: Tensor | None = None, ba
     Shapes:
         query ``[N, F]``, key ``[S, F]`` -> index ``[N, min(m, S)]`` (int64, best first, ``-1`` = empty slot).
     """
-    if query.dim() != 2 or key.dim() != 2 or query.size(1) != key.size(1):
-        raise ValueError(f"query and key must be [N, F] and [S, F], got {tuple(query.shape)} and {tuple(key.shape)}")
-    if m < 1:
-        raise ValueError(f"m must be >= 1, got {m}")
-    if block_size < 1:
-        raise ValueError(f"block_size must be >= 1, got {block_size}")
     if batch_key is None:
         batch_key = batch
     if (batch is None) != (batch_key is None):
         raise ValueError("batch and batch_key must be given together when query and key differ")
     if batch is None:
+        if not isinstance(query, Tensor) or not isinstance(key, Tensor):
+            raise TypeError(f"query and key must be tensors, got {type(query).__name__} and {type(key).__name__}")
         batch = torch.zeros(query.size(0), dtype=torch.long, device=query.device)
         batch_key = torch.zeros(key.size(0), dtype=torch.long, device=key.device)
-    _check_batch(batch, query.size(0), "batch")
-    _check_batch(batch_key, key.size(0), "batch_key")
-    return _topm_knn_op(query.detach(), key.detach(), m, batch.long(), batch_key.long(), block_size,
-                        resolve_backend(backend, query))
+    return TOPM_KNN(query.detach(), key.detach(), m, batch.long(), batch_key.long(), block_size, backend=backend)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -250,6 +311,13 @@ def _row_chunks(num_rows: int) -> list[slice]:
     return [slice(start, start + ROWS_PER_CHUNK) for start in range(0, num_rows, ROWS_PER_CHUNK)]
 
 
+def _attend(query: Tensor, key: Tensor, value: Tensor, index: Tensor, scale: float) -> Tensor:
+    """One chunk of queries (all of them in the export lowering, whose sizes are symbolic)."""
+    weights = topm_attention_weights(query, key, index, scale)  # [n, m, H]
+    v = value[_distinct_rows(index).clamp(min=0)]  # [n or 1, m, H, C]
+    return torch.einsum("nmh,nmhc->nhc", weights, v)
+
+
 def topm_attention_reference(query: Tensor, key: Tensor, value: Tensor, index: Tensor, scale: float) -> Tensor:
     """PyTorch reference of :func:`topm_attention`: ``out_n = sum_r softmax_r(q_n·k_{idx[n,r]}·scale) v_{idx[n,r]}``.
 
@@ -259,11 +327,7 @@ def topm_attention_reference(query: Tensor, key: Tensor, value: Tensor, index: T
     Shapes:
         query ``[N, H, D]``, key ``[S, H, D]``, value ``[S, H, C]``, index ``[N, m]`` -> out ``[N, H, C]``.
     """
-    outs = []
-    for rows in _row_chunks(query.size(0)):
-        weights = topm_attention_weights(query[rows], key, index[rows], scale)  # [n, m, H]
-        v = value[_distinct_rows(index[rows]).clamp(min=0)]  # [n or 1, m, H, C]
-        outs.append(torch.einsum("nmh,nmhc->nhc", weights, v))
+    outs = [_attend(query[rows], key, value, index[rows], scale) for rows in _row_chunks(query.size(0))]
     if not outs:
         return value.new_zeros(0, value.size(1), value.size(2))
     return torch.cat(outs)
@@ -299,45 +363,48 @@ def topm_attention_backward_reference(grad_out: Tensor, query: Tensor, key: Tens
     return grad_q, grad_k, grad_v
 
 
-@torch.library.custom_op("attnzoo::topm_attention", mutates_args=())
-def _topm_attention_op(query: Tensor, key: Tensor, value: Tensor, index: Tensor, scale: float,
-                       backend: str) -> Tensor:
-    if backend == "triton":
-        return triton_kernels("topm_triton").topm_attention_forward(query, key, value, index, scale)
-    return topm_attention_reference(query, key, value, index, scale)
+def _check_attention(query: Tensor, key: Tensor, value: Tensor, index: Tensor, scale: float) -> None:
+    for name, t in (("query", query), ("key", key), ("value", value), ("index", index)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if query.dim() != 3 or key.dim() != 3 or value.dim() != 3:
+        raise ValueError(f"query, key and value must be 3-D [N, H, D], got {tuple(query.shape)}, "
+                         f"{tuple(key.shape)}, {tuple(value.shape)}")
+    if query.shape[1:] != key.shape[1:]:
+        raise ValueError(f"query {tuple(query.shape)} and key {tuple(key.shape)} must agree on heads and width")
+    if value.shape[:2] != key.shape[:2]:
+        raise ValueError(f"value {tuple(value.shape)} must have key's rows and heads {tuple(key.shape[:2])}")
+    if not (query.dtype == key.dtype == value.dtype) or not query.is_floating_point():
+        raise TypeError(f"query, key and value must share one floating dtype, got {query.dtype}, {key.dtype}, "
+                        f"{value.dtype}")
+    if index.dim() != 2 or index.size(0) != query.size(0) or index.is_floating_point():
+        raise ValueError(f"index must be an integer tensor of shape [{query.size(0)}, m], got {index.dtype} "
+                         f"{tuple(index.shape)}")
+    _check_index_range(index, key.size(0), "index", lower=-1)
+    if not scale > 0:
+        raise ValueError(f"scale must be > 0, got {scale}")
 
 
-@_topm_attention_op.register_fake
-def _(query, key, value, index, scale, backend):
-    return value.new_empty((query.size(0), value.size(1), value.size(2)))
+def _topm_attention_flops(query, key, value, index, scale) -> int:
+    """q.k over the m candidates and weights.v, 2 FLOPs per multiply-add, as SDPA is counted."""
+    num_q, heads, head_dim = query
+    return 2 * num_q * index[1] * heads * (head_dim + value[2])
 
 
-@torch.library.custom_op("attnzoo::topm_attention_backward", mutates_args=())
-def _topm_attention_backward_op(grad_out: Tensor, query: Tensor, key: Tensor, value: Tensor, index: Tensor,
-                                scale: float, backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    if backend == "triton":
-        return triton_kernels("topm_triton").topm_attention_backward(grad_out, query, key, value, index, scale)
-    return topm_attention_backward_reference(grad_out, query, key, value, index, scale)
-
-
-@_topm_attention_backward_op.register_fake
-def _(grad_out, query, key, value, index, scale, backend):
-    return torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
-
-
-def _setup_context(ctx, inputs, output) -> None:
-    query, key, value, index, scale, backend = inputs
-    ctx.save_for_backward(query, key, value, index)
-    ctx.scale, ctx.backend = scale, backend
-
-
-def _backward(ctx, grad_out: Tensor):
-    query, key, value, index = ctx.saved_tensors
-    grads = _topm_attention_backward_op(grad_out.contiguous(), query, key, value, index, ctx.scale, ctx.backend)
-    return *grads, None, None, None
-
-
-_topm_attention_op.register_autograd(_backward, setup_context=_setup_context)
+TOPM_ATTENTION = define_op(
+    "topm_attention",
+    "(Tensor query, Tensor key, Tensor value, Tensor index, float scale) -> Tensor",
+    reference=topm_attention_reference,
+    lowering=_attend,
+    triton=("topm_triton", "topm_attention_forward"),
+    fake=lambda query, key, value, *_: value.new_empty((query.size(0), value.size(1), value.size(2))),
+    backward=topm_attention_backward_reference,
+    backward_triton=("topm_triton", "topm_attention_backward"),
+    grads_for=("query", "key", "value"),
+    autocast="lower",
+    validate=_check_attention,
+    flops=_topm_attention_flops,
+)
 
 
 def topm_attention(query: Tensor, key: Tensor, value: Tensor, index: Tensor, scale: float | None = None,
@@ -355,22 +422,8 @@ def topm_attention(query: Tensor, key: Tensor, value: Tensor, index: Tensor, sca
     Shapes:
         query ``[N, H, D]``, key ``[S, H, D]``, value ``[S, H, C]``, index ``[N, m]`` -> out ``[N, H, C]``.
     """
-    if query.dim() != 3 or key.dim() != 3 or value.dim() != 3:
-        raise ValueError(f"query, key and value must be 3-D [N, H, D], got {tuple(query.shape)}, "
-                         f"{tuple(key.shape)}, {tuple(value.shape)}")
-    if query.shape[1:] != key.shape[1:]:
-        raise ValueError(f"query {tuple(query.shape)} and key {tuple(key.shape)} must agree on heads and width")
-    if value.shape[:2] != key.shape[:2]:
-        raise ValueError(f"value {tuple(value.shape)} must have key's rows and heads {tuple(key.shape[:2])}")
-    if not (query.dtype == key.dtype == value.dtype) or not query.is_floating_point():
-        raise TypeError(f"query, key and value must share one floating dtype, got {query.dtype}, {key.dtype}, "
-                        f"{value.dtype}")
-    if index.dim() != 2 or index.size(0) != query.size(0) or index.is_floating_point():
-        raise ValueError(f"index must be an integer tensor of shape [{query.size(0)}, m], got {index.dtype} "
-                         f"{tuple(index.shape)}")
-    _check_index_range(index, key.size(0), "index", lower=-1)
     if scale is None:
-        scale = query.size(-1) ** -0.5
-    elif not scale > 0:
-        raise ValueError(f"scale must be > 0, got {scale}")
-    return _topm_attention_op(query, key, value, index.long(), float(scale), resolve_backend(backend, query))
+        scale = query.size(-1) ** -0.5 if isinstance(query, Tensor) else 1.0
+    if isinstance(index, Tensor) and not index.is_floating_point():
+        index = index.long()  # int32 candidate lists are accepted; the kernels index with int64
+    return TOPM_ATTENTION(query, key, value, index, float(scale), backend=backend)

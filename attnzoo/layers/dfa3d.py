@@ -119,6 +119,19 @@ def pillar_points(bev_size: tuple[int, int], pc_range: tuple[float, ...], num_an
     return torch.cat([xy, z.view(1, -1, 1).expand(xy.shape[0], -1, 1)], -1)
 
 
+def _seen_first(visible: Tensor) -> Tensor:
+    """Per row, the indices of the True entries in order, then those of the False entries in order: a stable
+    partition (``argsort(~visible, stable=True)``) from two cumulative sums and a scatter, which ONNX can express.
+
+    Shapes:
+        visible (n, Q) bool -> (n, Q) int64.
+    """
+    seen = visible.long()
+    position = torch.where(visible, seen.cumsum(1) - 1, seen.sum(1, keepdim=True) + (1 - seen).cumsum(1) - 1)
+    index = torch.arange(visible.shape[1], device=visible.device).expand_as(position)
+    return torch.empty_like(position).scatter(1, position, index)
+
+
 def _direction_grid(num_heads: int, device: torch.device | None) -> Tensor:
     theta = torch.arange(num_heads, dtype=torch.float32, device=device) * (2 * math.pi / num_heads)
     return torch.stack([theta.cos(), theta.sin()], -1)  # (nh, 2)
@@ -218,7 +231,10 @@ class MultiScaleDeformableAttention(nn.Module):
         offsets = offsets.view(bs, nq, nh, lv, pts // anchors, anchors, -1)  # points shared out over the anchors
         locations = reference_points.view(bs, nq, 1, 1, 1, anchors, -1) + offsets
         locations = locations.view(bs, nq, nh, lv, pts, -1)  # (bs, nq, nh, L, P, coord_dim)
-        return self._attend(value, depth, spatial_shapes, level_start_index, locations.to(value.dtype), weights)
+        if not torch.is_autocast_enabled(locations.device.type):
+            # one dtype for the op; under autocast the op itself runs in float32 (keeping coordinates exact)
+            locations = locations.to(value.dtype)
+        return self._attend(value, depth, spatial_shapes, level_start_index, locations, weights)
 
     def project(self, sampled: Tensor, identity: Tensor) -> Tensor:
         """Output projection, dropout and residual. Shapes: (bs, nq, C), (bs, nq, C) -> (bs, nq, C)."""
@@ -371,8 +387,6 @@ class MultiViewLifting(nn.Module):
         self.attn = attn_cls(embed_dims, num_heads, num_levels, num_points, dropout, **factory)
         self.depth_head = DepthHead(embed_dims, self.num_bins, **factory) if attention == "dfa3d" and depth_head \
             else None
-        self.register_buffer("pillars", pillar_points(self.bev_size, self.pc_range, num_anchors, device=device,
-                                                      dtype=dtype), persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -396,8 +410,13 @@ class MultiViewLifting(nn.Module):
             lidar2img (B, N, 4, 4) -> reference points (B, N, Q, Z, 3) as (u / W, v / H, normalised depth),
             visible (B, N, Q) bool.
         """
-        pts = torch.cat([self.pillars, torch.ones_like(self.pillars[..., :1])], -1)  # (Q, Z, 4) homogeneous
-        cam = torch.einsum("bnij,qzj->bnqzi", lidar2img.to(pts.dtype), pts)  # (B, N, Q, Z, 4)
+        # Geometry in float32 whatever the model's dtype: in fp16 the 1 / depth of a point at the camera plane
+        # (clamped to 1e-5) overflows to inf, and inf * 0 is NaN. The pillars are recomputed here rather than kept in
+        # a non-persistent buffer, so that a model built on the meta device needs nothing restored after loading.
+        pillars = pillar_points(self.bev_size, self.pc_range, self.num_anchors, device=lidar2img.device,
+                                dtype=torch.float32)  # (Q, Z, 3)
+        pts = torch.cat([pillars, torch.ones_like(pillars[..., :1])], -1)  # (Q, Z, 4) homogeneous
+        cam = torch.einsum("bnij,qzj->bnqzi", lidar2img.float(), pts)  # (B, N, Q, Z, 4)
         depth = cam[..., 2]
         eps = 1e-5
         uv = cam[..., :2] / depth.clamp(min=eps).unsqueeze(-1)
@@ -423,10 +442,12 @@ class MultiViewLifting(nn.Module):
         ref, visible = self.project_pillars(lidar2img, image_size)  # (B, N, Q, Z, 3), (B, N, Q)
         if self.attention == "2d":
             ref = ref[..., :2]
-        # BEVFormer's rebatching: every view attends only from the pillars it sees, padded to the longest list
+        # BEVFormer's rebatching: every view attends only from the pillars it sees, padded to the longest list.
+        # Traced (compile, export, ONNX) the list keeps all Q pillars, a static size instead of a data-dependent
+        # one; the padding is masked out, so the result is the same, at the cost of attending from unseen pillars.
         visible = visible.flatten(0, 1)  # (B*N, Q)
-        max_len = max(int(visible.sum(1).max()), 1)
-        order = torch.argsort((~visible).to(torch.int8), dim=1, stable=True)[:, :max_len]  # seen pillars first
+        max_len = visible.shape[1] if torch.compiler.is_compiling() else max(int(visible.sum(1).max()), 1)
+        order = _seen_first(visible)[:, :max_len]
         kept = visible.gather(1, order).unsqueeze(-1)  # (B*N, max_len, 1), False on padding
         ref = ref.flatten(0, 1).gather(1, order.view(*order.shape, 1, 1).expand(-1, -1, *ref.shape[-2:]))
         key_depth = None if dist is None else flatten_levels(

@@ -119,8 +119,5 @@ class ELA(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_nchw(x, self.channels, where="ELA")
-        weight, norm_weight, norm_bias = self.conv.weight, self.gn.weight, self.gn.bias
-        if weight.dtype != x.dtype:
-            # autocast does not reach inside a custom op: run the gate in the activation dtype (bf16/fp16 AMP)
-            weight, norm_weight, norm_bias = (p.to(x.dtype) for p in (weight, norm_weight, norm_bias))
-        return ela_gate(x, weight, norm_weight, norm_bias, self.groups, self.norm_groups, self.gn.eps, self.backend)
+        return ela_gate(x, self.conv.weight, self.gn.weight, self.gn.bias, self.groups, self.norm_groups, self.gn.eps,
+                        self.backend)

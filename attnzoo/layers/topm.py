@@ -183,9 +183,12 @@ class TopMAttentionConv(MessagePassing):
             index = topm_knn(query.flatten(1), key.flatten(1), self.m, batch,
                              block_size=self.block_size, backend=self.backend)
             return index, value
-        score = F.cosine_similarity(F.relu(key.flatten(1)), self.aux.unsqueeze(0), dim=-1)  # [N]
+        # in >= float32: cosine_similarity's eps (1e-8) underflows in fp16, and a vertex whose ReLU'd key is all zero
+        # would then score 0 / 0 = NaN
+        wide = torch.promote_types(key.dtype, torch.float32)
+        score = F.cosine_similarity(F.relu(key.flatten(1)).to(wide), self.aux.to(wide).unsqueeze(0), dim=-1)  # [N]
         index = score_candidates(score.detach(), self.m, batch)
-        return index, value * score.view(num_nodes, 1, 1)
+        return index, value * score.to(value.dtype).view(num_nodes, 1, 1)
 
     @overload
     def forward(self, x: Tensor, edge_index: Adj, batch: Tensor | None = None,
