@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: test demo fmnist wheel gpu-check clean
+.PHONY: test test-deploy demo fmnist wheel gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,11 @@ fmnist:
 
 test: $(STAMP) fmnist
 	$(PY) -m ruff check attnzoo tests benchmarks examples
-	$(PY) -m pytest -q -n 2 --durations=15 tests
+	$(PY) -m pytest -q -n 2 --durations=15 -m "not deploy_full" tests
+
+# export, ONNX and compile of every registered model (make test runs them on one model per custom op)
+test-deploy: $(STAMP)
+	$(PY) -m pytest -q -n 2 --durations=15 -m deploy_full tests/test_deploy.py
 
 demo: $(STAMP) fmnist
 	$(VENV)/bin/attnzoo demo

@@ -1,4 +1,9 @@
-"""Input checks shared by layers and ops: bad input gets a ValueError naming the argument, the value and the fix."""
+"""Input checks shared by layers and ops: bad input gets a ValueError naming the argument, the value and the fix.
+
+The checks read shapes, so ``torch.fx`` cannot trace through them; :mod:`attnzoo.layers` registers each of them
+with timm's ``register_notrace_function``, so that timm's FX feature extraction keeps them as leaf calls (they still
+run on the real tensors when the traced model does).
+"""
 
 from __future__ import annotations
 
@@ -19,3 +24,22 @@ def check_nchw(x: torch.Tensor, channels: int | None = None, where: str | None =
         raise ValueError(f"{prefix}{name} must be a floating-point tensor, got dtype {x.dtype}")
     if channels is not None and x.shape[1] != channels:
         raise ValueError(f"{prefix}{name} must have {channels} channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+
+
+def check_tokens(x: torch.Tensor, seq_len: int, dim: int, where: str) -> None:
+    """Raise unless ``x`` is a (B, seq_len, dim) token tensor (for layers whose token mixing fixes the length)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{where}: x must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 3 or x.shape[1] != seq_len or x.shape[2] != dim:
+        raise ValueError(f"{where}: x must have shape (B, seq_len={seq_len}, dim={dim}), got {tuple(x.shape)}; the "
+                         "token-mixing MLP fixes the sequence length at construction")
+
+
+def check_image_size(x: torch.Tensor, img_size: tuple[int, int], where: str) -> None:
+    """Raise unless ``x`` is a (B, C, *img_size) batch (for models whose token count is fixed at construction)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{where}: x must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 4 or tuple(x.shape[-2:]) != tuple(img_size):
+        got = tuple(x.shape[-2:]) if x.ndim == 4 else "(H, W)"
+        raise ValueError(f"{where} was built for {tuple(img_size)} images, got input of shape {tuple(x.shape)}; its "
+                         f"token-mixing MLPs fix the token count, so build the model with img_size={got} instead")

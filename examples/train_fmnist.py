@@ -60,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     import json
 
+    import torch
     from safetensors.torch import save_file
 
     import attnzoo
@@ -80,6 +81,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     model, task = build(args.model, num_classes, args.in_chans, json_kwargs(args.model_kwargs))
     model.pretrained_cfg = {**(getattr(model, "pretrained_cfg", None) or {}),
                             **fmnist_cfg(image_size, args.in_chans, num_classes)}
+    if task == "classification" and not model.pretrained_cfg.get("fixed_input_size"):
+        # timm's default-cfg contract: forward_features at input_size is pool_size (1x1 for a stride-32 CNN at 28 px)
+        with torch.no_grad():
+            features = model.eval().forward_features(torch.zeros(1, *model.pretrained_cfg["input_size"]))
+        model.pretrained_cfg["pool_size"] = tuple(features.shape[-2:])
     model.default_cfg = model.pretrained_cfg  # timm's older alias
     make = fashion_mnist if task == "classification" else fashion_mnist_segmentation
     transform = fmnist_transform(image_size, args.in_chans)

@@ -11,12 +11,15 @@ import torch
 import torch.nn as nn
 from timm_model_checks import (
     check_backward,
+    check_backward_fx,
     check_classifier,
     check_default_cfg,
     check_features_only,
     check_forward,
+    check_forward_fx,
     check_grad_checkpointing,
     check_timm_classifier,
+    check_torchscript,
 )
 
 INPUT = (3, 64, 64)
@@ -104,3 +107,37 @@ def test_checkpointing_that_changes_outputs_fails():
 def test_unregistered_name_is_rejected():
     with pytest.raises(ValueError, match="unknown model 'resnet10t'"):
         check_timm_classifier("resnet10t")
+
+
+class _DataDependent(nn.Module):
+    """A classifier whose forward branches on a value: FX cannot trace it."""
+
+    def __init__(self, num_classes=10, **_):
+        super().__init__()
+        self.num_classes = num_classes
+        self.fc = nn.Linear(3, num_classes)
+
+    def forward(self, x):
+        if x.mean() > 10:  # control flow on a traced value
+            x = x * 2
+        return self.fc(x.mean((2, 3)))
+
+
+def test_untraceable_forward_fails_fx_checks():
+    with pytest.raises(AssertionError, match="FX tracing failed"):
+        check_forward_fx(_DataDependent, INPUT)
+    with pytest.raises(AssertionError, match="FX tracing \\(train\\) failed"):
+        check_backward_fx(_DataDependent, INPUT)
+
+
+def test_scriptable_model_scripts_and_a_declared_one_must_say_so():
+    check_torchscript(resnet, INPUT)
+
+    class Declared(_DataDependent):
+        _is_torch_scriptable = False  # declared, but torch.jit.script's own error names no alternative
+
+        def forward(self, x, *extra):  # varargs do not script
+            return self.fc(x.mean((2, 3)))
+
+    with pytest.raises(AssertionError, match="declared unscriptable, but torch.jit.script fails with NotSupported"):
+        check_torchscript(Declared, INPUT)

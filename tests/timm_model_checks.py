@@ -18,6 +18,10 @@ should be explained at the call site:
 - ``features=False``: the model does not support ``features_only=True``.
 - ``grad_checkpointing=False``: the model has no ``set_grad_checkpointing``.
 
+FX (``forward_fx``/``backward_fx``) traces the way timm's tests do, with timm's registered leaf modules and functions;
+TorchScript must either script or be declared unscriptable (``_is_torch_scriptable = False`` on a module, as smp reads
+it) with ``torch.jit.script`` failing on a message that names the alternatives.
+
 The single checks (``check_forward``, ``check_backward``, ...) take a ``factory(**kwargs) -> model`` and are
 public so that a test can show one of them catching a broken model.
 """
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -182,11 +187,86 @@ def check_grad_checkpointing(factory: Factory, input_size: tuple[int, ...]) -> N
             f"{name}: grad checkpointing changes the gradient of {pname}")
 
 
+def _fx_model(model: nn.Module, train: bool = False) -> nn.Module:
+    """timm's ``_create_fx_model``: trace with timm's leaf modules and autowrapped functions, return the last node
+    (in train mode, the nodes feeding the graph's output)."""
+    from timm.models._features_fx import get_notrace_functions, get_notrace_modules
+    from torchvision.models.feature_extraction import NodePathTracer, create_feature_extractor, get_graph_node_names
+
+    tracer_kwargs = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions(),
+                         param_shapes_constant=True)
+    train_nodes, eval_nodes = get_graph_node_names(model, tracer_kwargs=tracer_kwargs)
+    train_return_nodes = [train_nodes[-1]]
+    if train:
+        graph = NodePathTracer(**tracer_kwargs).trace(model)
+        graph_nodes = list(reversed(graph.nodes))
+        output_names = [n.name for n in graph_nodes[0]._input_nodes]
+        names = [n.name for n in graph_nodes]
+        train_return_nodes = [train_nodes[-names.index(n)] for n in output_names]
+    return create_feature_extractor(model, train_return_nodes=train_return_nodes,
+                                    eval_return_nodes=[eval_nodes[-1]], tracer_kwargs=tracer_kwargs)
+
+
+def check_forward_fx(factory: Factory, input_size: tuple[int, ...]) -> None:
+    """timm ``test_model_forward_fx``: the symbolically traced feature extractor gives exactly the eager output."""
+    model = _build(factory).eval()
+    name = _model_name(model)
+    x = _input(input_size, 1)
+    with torch.inference_mode():
+        out = model(x)
+        try:
+            fx_model = _fx_model(model)
+        except Exception as err:
+            raise AssertionError(f"{name}: FX tracing failed: {type(err).__name__}: {err}") from err
+        fx_out = torch.cat(tuple(fx_model(x).values()))
+    assert torch.equal(fx_out, out), f"{name}: FX-traced output differs from eager"
+
+
+def check_backward_fx(factory: Factory, input_size: tuple[int, ...], num_classes: int = 42) -> None:
+    """timm ``test_model_backward_fx``: a train-mode traced model back-propagates into every parameter."""
+    model = _build(factory, num_classes=num_classes).train()
+    name = _model_name(model)
+    try:
+        fx_model = _fx_model(model, train=True)
+    except Exception as err:
+        raise AssertionError(f"{name}: FX tracing (train) failed: {type(err).__name__}: {err}") from err
+    out = torch.cat(tuple(fx_model(_input(input_size, 2)).values()))
+    out.mean().backward()
+    missing = [n for n, p in fx_model.named_parameters() if p.grad is None]
+    assert not missing, f"{name}: FX-traced model: {len(missing)} parameters got no gradient: {missing[:8]}"
+    assert out.shape[-1] == num_classes and torch.isfinite(out).all(), f"{name}: FX-traced output {tuple(out.shape)}"
+
+
+def check_torchscript(factory: Factory, input_size: tuple[int, ...]) -> None:
+    """timm ``test_model_forward_torchscript``: the model scripts under ``set_scriptable(True)`` and runs, or it
+    declares itself unscriptable and ``torch.jit.script`` says so in a RuntimeError naming the alternatives."""
+    from timm.layers import set_scriptable
+
+    with set_scriptable(True):
+        model = _build(factory).eval()
+    name = _model_name(model)
+    if any(getattr(m, "_is_torch_scriptable", True) is False for m in model.modules()):
+        try:
+            torch.jit.script(model)
+        except Exception as err:
+            assert isinstance(err, RuntimeError) and re.search("not TorchScript-scriptable.*torch.export", str(err)), (
+                f"{name}: declared unscriptable, but torch.jit.script fails with {type(err).__name__}: {err}")
+            return
+        raise AssertionError(f"{name}: declared unscriptable (_is_torch_scriptable = False), yet it scripts")
+    scripted = torch.jit.script(model)
+    with torch.no_grad():
+        out = scripted(_input(input_size, 1))
+    assert out.shape[0] == 1 and torch.isfinite(out).all(), f"{name}: scripted output {tuple(out.shape)}"
+
+
 def check_classifier(factory: Factory, input_size: tuple[int, ...] = (3, 64, 64), *, spatial: bool = True,
                      features: bool = True, grad_checkpointing: bool = True) -> None:
     """Every check above on the models that ``factory(**kwargs)`` builds."""
     check_forward(factory, input_size)
     check_backward(factory, input_size)
+    check_forward_fx(factory, input_size)
+    check_backward_fx(factory, input_size)
+    check_torchscript(factory, input_size)
     check_default_cfg(factory, input_size, spatial=spatial)
     if features:
         check_features_only(factory, input_size)

@@ -21,8 +21,8 @@ What a definition registers, and why:
 * ``attnzoo::<name>``: a ``torch.library.custom_op`` whose schema is the given one plus ``str backend``; the
   backend is resolved before the op (:func:`attnzoo.kernels._dispatch.resolve_backend`) and travels as a string,
   so compile, export and ``opcheck`` see one op whatever runs inside. Outputs are laid out by one rule, applied to
-  the real and the fake outputs alike (contiguous, or channels_last when the first input is a channels_last map),
-  so the two always agree on strides.
+  the real and the fake outputs alike (contiguous; or, for ops declared ``keep_layout``, the first input's memory
+  format), so the two always agree on strides.
 * ``attnzoo::<name>_backward`` and the autograd formula: ``(grad_out[, out], *inputs, backend) -> grads`` of the
   inputs named in ``grads_for``; its fake allocates tensors like those inputs. The backward is a custom op too, so
   a compiled training step keeps the fast kernel.
@@ -36,7 +36,9 @@ What a definition registers, and why:
   ``torch.onnx.export(..., dynamo=True)`` applies to every op it cannot translate. ``torch.export`` keeps the
   custom op (so an exported program still runs the fast kernel); the ONNX exporter replaces it by the lowering,
   so a plain export needs no attnzoo-specific argument. Lowerings must trace with symbolic sizes: no Python
-  loops over sizes, no data-dependent shapes, no views that ONNX cannot express (``as_strided``).
+  loops over sizes, no data-dependent shapes, no views that ONNX cannot express (``as_strided``), and no padding,
+  splitting or slicing of symbolic sizes that would add guards. The fake is also registered as the op's Python
+  meta, because FakeTensor otherwise prefers a table decomposition to an op's own fake under symbolic shapes.
 * FLOPs: ``flops(*shapes)`` (tensor arguments as shapes, others as values, in schema order) is registered with
   ``torch.utils.flop_counter.register_flop_formula``, so ``FlopCounterMode`` counts the op; the backward op counts
   ``backward_flops`` (default: twice the forward, the convention FlopCounterMode uses for matmuls).
@@ -76,17 +78,22 @@ def _launcher(launcher: Launcher) -> Callable[..., Any]:
     return getattr(importlib.import_module(f"{__package__}.{module}"), name)
 
 
-def _memory_format(args: Sequence[Any]) -> torch.memory_format:
-    """channels_last when the first tensor argument is a channels_last map, else contiguous: the one layout rule
-    for outputs, applied to the real kernels' outputs and to the fakes' alike, so their strides always agree."""
+def _memory_format(args: Sequence[Any], keep_layout: bool) -> torch.memory_format:
+    """channels_last when the op keeps its input's layout and the first tensor argument is a channels_last map,
+    else contiguous. Only ``keep_layout`` ops look at strides: on the symbolic tensors of an export, every stride
+    query is a guard."""
+    if not keep_layout:
+        return torch.contiguous_format
     first = next(a for a in args if isinstance(a, torch.Tensor))
     if first.dim() == 4 and not first.is_contiguous() and first.is_contiguous(memory_format=torch.channels_last):
         return torch.channels_last
     return torch.contiguous_format
 
 
-def _laid_out(result: Any, args: Sequence[Any]) -> Any:
-    fmt = _memory_format(args)
+def _laid_out(result: Any, args: Sequence[Any], keep_layout: bool) -> Any:
+    """The one layout rule for outputs, applied to the real kernels' outputs and to the fakes' alike, so that their
+    strides always agree: contiguous, or (``keep_layout``) 4-D outputs in the first input's memory format."""
+    fmt = _memory_format(args, keep_layout)
 
     def lay(t: Any) -> Any:
         if not isinstance(t, torch.Tensor):
@@ -191,7 +198,7 @@ def define_op(name: str, schema: str, *, reference: Callable[..., Any], fake: Ca
               lowering: Callable[..., Any] | None = None, triton: Launcher | None = None,
               backward: Callable[..., Sequence[torch.Tensor]] | None = None,
               backward_triton: Launcher | None = None, grads_for: Sequence[str] = (),
-              backward_needs_output: bool = False, autocast: str = "lower",
+              backward_needs_output: bool = False, autocast: str = "lower", keep_layout: bool = False,
               validate: Callable[..., None] | None = None, flops: Callable[..., int] | None = None,
               backward_flops: Callable[..., int] | None = None) -> Op:
     """Declare ``attnzoo::<name>`` with everything it needs (see the module docstring).
@@ -210,6 +217,8 @@ def define_op(name: str, schema: str, *, reference: Callable[..., Any], fake: Ca
         grads_for: names (from the schema) of the tensor inputs that receive gradients.
         backward_needs_output: pass the forward output to ``backward`` (and keep it saved for it).
         autocast: 'lower' (cast floating inputs to the autocast dtype) or 'fp32' (cast them to float32).
+        keep_layout: 4-D outputs (and gradients) take the first input's memory format, channels_last included,
+            as an elementwise gate should; otherwise every output is contiguous.
         validate: ``validate(*args)``, called on the (cast) inputs before the op; raises on bad input.
         flops: ``flops(*args)`` with tensors given as their shapes: FLOPs of one forward call.
         backward_flops: same arguments: FLOPs of one backward call (default ``2 * flops``).
@@ -221,6 +230,7 @@ def define_op(name: str, schema: str, *, reference: Callable[..., Any], fake: Ca
         raise ValueError(f"op {name!r} is already defined")
     if autocast not in AUTOCAST_RULES:
         raise ValueError(f"autocast={autocast!r} is not one of {AUTOCAST_RULES}")
+    full_schema = _with_backend(schema)
     parsed = torch._C.parse_schema(f"{NAMESPACE}::{name}{schema}")
     arg_names = tuple(a.name for a in parsed.arguments)
     unknown = [g for g in grads_for if g not in arg_names]
@@ -235,25 +245,29 @@ def define_op(name: str, schema: str, *, reference: Callable[..., Any], fake: Ca
     def forward_impl(*args):
         *inputs, backend = args
         fn = _launcher(triton) if backend == "triton" and triton is not None else reference
-        return _laid_out(fn(*inputs), inputs)
+        return _laid_out(fn(*inputs), inputs, keep_layout)
 
-    custom = torch.library.custom_op(op.qualname, forward_impl, mutates_args=(), schema=_with_backend(schema))
-    custom.register_fake(lambda *args: _laid_out(fake(*args[:-1]), args[:-1]))
+    custom = torch.library.custom_op(op.qualname, forward_impl, mutates_args=(), schema=full_schema)
+    custom.register_fake(lambda *args: _laid_out(fake(*args[:-1]), args[:-1], keep_layout))
     _register_autocast_kernels(op, _LIBRARY)
     torch._decomp.register_decomposition(op.overload)(lambda *args: op.lowering(*args[:-1]))
+    # FakeTensor prefers a decomposition over an op's fake under symbolic shapes, unless the op has a Python meta:
+    # registering the fake as that meta keeps it the one shape rule (the lowering is for ONNX, not for tracing)
+    torch._decomp.register_decomposition(op.overload, type="meta")(
+        lambda *args: _laid_out(fake(*args[:-1]), args[:-1], keep_layout))
     if flops is not None:
         register_flop_formula(getattr(torch.ops.attnzoo, name))(
             lambda *args, out_shape=None, **_: flops(*args[:-1]))
 
     if backward is not None:
-        _define_backward(op, custom, backward, backward_triton, backward_needs_output,
+        _define_backward(op, custom, backward, backward_triton, backward_needs_output, keep_layout,
                          backward_flops or (None if flops is None else lambda *a: 2 * flops(*a)))
     OPS[name] = op
     return op
 
 
 def _define_backward(op: Op, custom: Any, backward: Callable[..., Sequence[torch.Tensor]],
-                     backward_triton: Launcher | None, needs_output: bool,
+                     backward_triton: Launcher | None, needs_output: bool, keep_layout: bool,
                      backward_flops: Callable[..., int] | None) -> None:
     grad_positions = [op.arg_names.index(g) for g in op.grads_for]
     num_args = len(op.arg_names)
@@ -262,11 +276,11 @@ def _define_backward(op: Op, custom: Any, backward: Callable[..., Sequence[torch
     def backward_impl(*args):
         *inputs, backend = args
         fn = _launcher(backward_triton) if backend == "triton" and backward_triton is not None else backward
-        return _laid_out(list(fn(*inputs)), inputs[first:])
+        return _laid_out(list(fn(*inputs)), inputs[first:], keep_layout)
 
     def backward_fake(*args):
         inputs = args[first:first + num_args]
-        return _laid_out([torch.empty_like(inputs[i]) for i in grad_positions], inputs)
+        return _laid_out([torch.empty_like(inputs[i]) for i in grad_positions], inputs, keep_layout)
 
     backward_op = torch.library.custom_op(f"{op.qualname}_backward", backward_impl, mutates_args=(),
                                           schema=_backward_schema(op.schema, needs_output))

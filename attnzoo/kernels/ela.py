@@ -150,6 +150,7 @@ ELA_GATE = define_op(
     reference=ela_gate_reference,
     triton=("ela_triton", "ela_gate_forward"),
     fake=lambda x, *_: torch.empty_like(x, memory_format=torch.contiguous_format),
+    keep_layout=True,  # a gate on x: a channels_last network stays channels_last
     backward=ela_gate_backward_reference,
     backward_triton=("ela_triton", "ela_gate_backward"),
     grads_for=("x", "weight", "norm_weight", "norm_bias"),

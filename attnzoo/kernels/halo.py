@@ -214,10 +214,12 @@ def _halo_backward_torch(grad_out: torch.Tensor, out: torch.Tensor, q: torch.Ten
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _window_index(num_blocks: torch.SymInt | int, block_size: int, win: int, device: torch.device) -> torch.Tensor:
-    """(num_blocks, win) padded-map rows (or columns) of every block's window: block i starts at i * block_size."""
-    starts = torch.arange(num_blocks, device=device) * block_size
-    return starts.unsqueeze(1) + torch.arange(win, device=device)
+def _block_index(num_blocks: torch.SymInt | int, step: int, width: int, offset: int, size: torch.SymInt | int,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(num_blocks, width) map rows (or columns) ``i * step + j - offset`` clamped into the map, and which of them
+    lie inside it: blocked windows as index tensors, so no size is padded, split or sliced symbolically."""
+    index = (torch.arange(num_blocks, device=device) * step).unsqueeze(1) + torch.arange(width, device=device) - offset
+    return index.clamp(0, size - 1), (index >= 0) & (index < size)
 
 
 def _relative_rows(table: torch.Tensor, query_block: int, win: int) -> torch.Tensor:
@@ -233,26 +235,29 @@ def halo_attention_lowering(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, h
                             mask_padding: bool = False) -> torch.Tensor:
     """The same function as :func:`halo_attention_reference` in export-friendly ops (the ONNX lowering).
 
-    Windows are gathered with index tensors instead of ``unfold`` views, the relative-position rows are gathered
-    from the tables before the product (a static ``(qb, win, d)`` gather) instead of skewing the products with
-    ``as_strided``, and nothing is written in place, so it traces with symbolic H and W.
+    Blocks and windows are gathered with clamped index tensors and a validity mask instead of padding, ``unfold``
+    and cropping; the relative-position rows are gathered from the tables before the product (a static
+    ``(qb, win, d)`` gather) instead of skewing the products with ``as_strided``; nothing is written in place. Every
+    size is then a product of block counts and constants, so symbolic H and W trace without guards.
     """
     bh, dqk, h, w = k.shape
     hq, wq = q.shape[-2:]
     query_block = block_size // stride
     win = block_size + 2 * halo_size
     nbh, nbw = (h + block_size - 1) // block_size, (w + block_size - 1) // block_size
-    # queries -> blocks: (BH, nbh, nbw, qb, qb, dqk)
-    qp = F.pad(q, (0, nbw * query_block - wq, 0, nbh * query_block - hq))
-    qb = qp.view(bh, dqk, nbh, query_block, nbw, query_block).permute(0, 2, 4, 3, 5, 1)
-    rows = _window_index(nbh, block_size, win, q.device)  # (nbh, win)
-    cols = _window_index(nbw, block_size, win, q.device)  # (nbw, win)
+    # queries -> blocks: (BH, nbh, nbw, qb, qb, dqk); rows past the map repeat its last one, their outputs are dropped
+    q_rows, _ = _block_index(nbh, query_block, query_block, 0, hq, q.device)
+    q_cols, _ = _block_index(nbw, query_block, query_block, 0, wq, q.device)
+    qb = q[:, :, q_rows][..., q_cols].permute(0, 2, 4, 3, 5, 1)
+    rows, rows_inside = _block_index(nbh, block_size, win, halo_size, h, q.device)  # (nbh, win)
+    cols, cols_inside = _block_index(nbw, block_size, win, halo_size, w, q.device)  # (nbw, win)
+    inside = rows_inside.view(nbh, 1, win, 1) & cols_inside.view(1, nbw, 1, win)  # (nbh, nbw, win, win)
 
     def windows(x: torch.Tensor) -> torch.Tensor:
-        """(BH, C, H, W) -> (BH, nbh, nbw, win * win, C): the padded map gathered at each block's window."""
-        xp = F.pad(x, _window_padding(h, w, nbh, nbw, block_size, halo_size))
-        xw = xp[:, :, rows][..., cols]  # (BH, C, nbh, win, nbw, win)
-        return xw.permute(0, 2, 4, 3, 5, 1).reshape(bh, nbh, nbw, win * win, x.shape[1])
+        """(BH, C, H, W) -> (BH, nbh, nbw, win * win, C), zero outside the map (timm's zero padding)."""
+        xw = x[:, :, rows][..., cols].permute(0, 2, 4, 3, 5, 1)  # (BH, nbh, nbw, win, win, C)
+        xw = xw * inside.unsqueeze(-1).to(x.dtype)
+        return xw.reshape(bh, nbh, nbw, win * win, x.shape[1])
 
     kw, vw = windows(k), windows(v)
     logits = torch.matmul(qb.reshape(bh, nbh, nbw, -1, dqk) * scale, kw.transpose(-1, -2))  # (.., qb**2, win**2)
@@ -262,15 +267,12 @@ def halo_attention_lowering(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, h
     logits = logits.view(bh, nbh, nbw, query_block, query_block, win, win) + rel_h.unsqueeze(-1) + \
         rel_w.unsqueeze(-2)
     if mask_padding:
-        inside_rows = (rows >= halo_size) & (rows < halo_size + h)  # (nbh, win)
-        inside_cols = (cols >= halo_size) & (cols < halo_size + w)  # (nbw, win)
-        inside = inside_rows.view(nbh, 1, 1, 1, win, 1) & inside_cols.view(1, nbw, 1, 1, 1, win)
-        logits = logits.masked_fill(~inside, float("-inf"))
+        logits = logits.masked_fill(~inside.view(nbh, nbw, 1, 1, win, win), float("-inf"))
     attn = logits.reshape(bh, nbh, nbw, query_block * query_block, win * win).softmax(-1)
     out = torch.matmul(attn, vw)  # (BH, nbh, nbw, qb**2, dv)
     out = out.view(bh, nbh, nbw, query_block, query_block, -1).permute(0, 5, 1, 3, 2, 4)
-    out = out.reshape(bh, -1, nbh * query_block, nbw * query_block)
-    return out[:, :, :hq, :wq]
+    out = out.reshape(bh, -1, nbh * query_block, nbw * query_block)  # (BH, dv, rows of the block grid, columns)
+    return out[:, :, torch.arange(hq, device=q.device)][..., torch.arange(wq, device=q.device)]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -305,7 +307,7 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, height_rel:
     if block_size % stride:
         raise ValueError(f"block_size={block_size} must be divisible by stride={stride}")
     bh, dqk, h, w = k.shape
-    expected_q = (bh, dqk, math.ceil(h / stride), math.ceil(w / stride))
+    expected_q = (bh, dqk, -(-h // stride), -(-w // stride))  # ceil in integer arithmetic (symbolic sizes)
     if tuple(q.shape) != expected_q:
         raise ValueError(f"q has shape {tuple(q.shape)}; expected {expected_q} for k of shape {tuple(k.shape)} and "
                          f"stride={stride}")

@@ -1,5 +1,8 @@
 """Attention layers as nn.Modules, one published method per file."""
 
+from timm.layers import register_notrace_function
+
+from attnzoo import _checks, kernels
 from attnzoo.layers.dfa3d import DeformableAttention3D, MultiScaleDeformableAttention, MultiViewLifting
 from attnzoo.layers.ela import ELA
 from attnzoo.layers.flowformer import FlowAttention
@@ -15,3 +18,10 @@ from attnzoo.layers.ulsam import ULSAM
 __all__ = ["DeformableAttention3D", "ELA", "FlowAttention", "GatedAttention", "HaloAttention", "MKDC", "MKIR",
            "MinimalAttention", "MinimalBlock", "MoHAttention", "MultiScaleDeformableAttention", "MultiViewLifting",
            "NiNBlock", "TopMAttentionConv", "ULSAM", "moh_load_balance_loss"]
+
+# What the layers call on their inputs that torch.fx cannot trace through (checks that read shapes, the ops' front
+# doors that validate and pick a backend): timm's FX feature extraction keeps these as leaf calls.
+for _fn in (_checks.check_nchw, _checks.check_tokens, _checks.check_image_size, kernels.ela_gate,
+            kernels.halo_attention, kernels.ms_deform_attn, kernels.deform_attn_3d, kernels.topm_attention,
+            kernels.topm_knn):
+    register_notrace_function(_fn)

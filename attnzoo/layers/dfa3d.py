@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attnzoo.kernels.dfa3d import deform_attn_3d, ms_deform_attn
+from attnzoo.layers.scripting import NotScriptable
 
 __all__ = ["DeformableAttention3D", "DepthHead", "MultiScaleDeformableAttention", "MultiViewLifting",
            "depth_distribution", "flatten_levels", "pillar_points"]
@@ -140,7 +141,7 @@ def _direction_grid(num_heads: int, device: torch.device | None) -> Tensor:
 # ------------------------------------------------------------------------------------------ sub-modules
 
 
-class MultiScaleDeformableAttention(nn.Module):
+class MultiScaleDeformableAttention(NotScriptable, nn.Module):
     """Multi-scale deformable attention (Deformable DETR / BEVFormer), batch-first.
 
     Args:
@@ -333,7 +334,7 @@ class DepthHead(nn.Module):
 # ------------------------------------------------------------------------------------------- main class
 
 
-class MultiViewLifting(nn.Module):
+class MultiViewLifting(NotScriptable, nn.Module):
     """BEV queries lifted from multi-camera features by DFA3D (or 2-D deformable attention), BEVFormer-style.
 
     Args:

@@ -30,6 +30,7 @@ import torch.nn as nn
 
 from attnzoo._checks import check_nchw
 from attnzoo.kernels.ela import ela_gate
+from attnzoo.layers.scripting import NotScriptable
 
 __all__ = ["ELA", "ELA_VARIANTS"]
 
@@ -53,7 +54,7 @@ def _positive_int(value: object, name: str) -> int:
     return value
 
 
-class ELA(nn.Module):
+class ELA(NotScriptable, nn.Module):
     """Efficient Local Attention: strip-pooled 1-D conv gates along H and W.
 
     Args:

@@ -47,6 +47,7 @@ from attnzoo.layers._vit_common import (
     reset_children,
     sdpa_product_macs,
 )
+from attnzoo.layers.scripting import NotScriptable
 
 __all__ = ["GATE_VARIANTS", "GatedAttention", "gated_attention_state_dict_from_qwen3"]
 
@@ -83,7 +84,7 @@ def gated_attention_state_dict_from_qwen3(state_dict: dict[str, torch.Tensor], n
     return out
 
 
-class GatedAttention(ConfigurableLayer, nn.Module):
+class GatedAttention(NotScriptable, ConfigurableLayer, nn.Module):
     """Multi-head attention with the paper's G1 output gate, a drop-in for ``timm.layers.Attention``.
 
     ``timm.create_model('vit_small_patch16_224', attn_layer=GatedAttention)`` (elementwise gate) or

@@ -31,7 +31,9 @@ import torch
 import torch.nn as nn
 from timm.layers import make_divisible, trunc_normal_
 
+from attnzoo._checks import check_nchw
 from attnzoo.kernels.halo import halo_attention
+from attnzoo.layers.scripting import NotScriptable
 
 __all__ = ["HaloAttention", "HaloPosEmbed"]
 
@@ -69,7 +71,7 @@ class HaloPosEmbed(nn.Module):
         return f"win_size={self.win_size}, dim_head={self.dim_head}"
 
 
-class HaloAttention(nn.Module):
+class HaloAttention(NotScriptable, nn.Module):
     """Blocked local self-attention with haloes (HaloNet), timm ``HaloAttn``-compatible.
 
     Args:
@@ -151,8 +153,7 @@ class HaloAttention(nn.Module):
                 f"scale_pos_embed={self.scale_pos_embed}, mask_padding={self.mask_padding}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.q.in_channels:
-            raise ValueError(f"expected input of shape (B, {self.q.in_channels}, H, W), got {tuple(x.shape)}")
+        check_nchw(x, self.q.in_channels, where="HaloAttention")
         b, _, h, w = x.shape
         q = self.q(x)
         hq, wq = q.shape[-2:]

@@ -57,6 +57,7 @@ from attnzoo.layers._vit_common import (
     reset_children,
     sdpa_product_macs,
 )
+from attnzoo.layers.scripting import NotScriptable
 
 __all__ = ["MinimalAttention", "MinimalBlock", "QK_FORMS", "VO_FORMS"]
 
@@ -64,7 +65,7 @@ QK_FORMS = ("separate", "collapsed", "symmetric")
 VO_FORMS = ("separate", "collapsed", "none")
 
 
-class MinimalAttention(ConfigurableLayer, nn.Module):
+class MinimalAttention(NotScriptable, ConfigurableLayer, nn.Module):
     """The paper's reduced attention matrices, a drop-in for ``timm.layers.Attention``.
 
     Args:

@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 
 from attnzoo._checks import check_nchw
+from attnzoo.layers.scripting import NotScriptable
 
 ActLayer = str | Callable[..., nn.Module]
 
@@ -87,7 +88,7 @@ def _check_positive(name: str, value: int) -> None:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
-class MKDC(nn.Module):
+class MKDC(NotScriptable, nn.Module):
     """Multi-kernel depthwise convolution: one depthwise conv + BN + activation per kernel size, combined.
 
     Args:
@@ -155,7 +156,7 @@ class MKDC(nn.Module):
         return sum(outputs[1:], outputs[0])  # (B, C, H', W')
 
 
-class MKIR(nn.Module):
+class MKIR(NotScriptable, nn.Module):
     """Multi-kernel inverted residual block: 1x1 expand + BN + act, MKDC, channel shuffle, 1x1 project + BN, skip.
 
     Args:
@@ -303,7 +304,7 @@ class SpatialAttention(nn.Module):
         return self.sigmoid(self.conv(pooled))
 
 
-class GroupedAttentionGate(nn.Module):
+class GroupedAttentionGate(NotScriptable, nn.Module):
     """Attention-U-Net gate with grouped convs: ``x * sigmoid(BN(conv1x1(act(BN(Wg g) + BN(Wx x)))))``.
 
     Args:
@@ -358,8 +359,8 @@ class GroupedAttentionGate(nn.Module):
                 f"kernel_size={self.kernel_size}, groups={self.groups}")
 
     def forward(self, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        check_nchw(g, self.gate_channels, "g")
-        check_nchw(x, self.skip_channels, "x")
+        check_nchw(g, self.gate_channels, name="g")
+        check_nchw(x, self.skip_channels, name="x")
         if g.shape[2:] != x.shape[2:]:
             raise ValueError(f"g and x must have the same spatial size, got {tuple(g.shape)} and {tuple(x.shape)}")
         psi = self.psi(self.activation(self.W_g(g) + self.W_x(x)))  # (B, 1, H, W)

@@ -62,6 +62,7 @@ from attnzoo.layers._vit_common import (
     reset_children,
     sdpa_product_macs,
 )
+from attnzoo.layers.scripting import NotScriptable
 
 __all__ = ["MoHAttention", "moh_default_split", "moh_head_gates", "moh_load_balance_loss"]
 
@@ -142,7 +143,7 @@ def moh_load_balance_loss(model: nn.Module, reduction: str = "mean", clear: bool
     return total / len(losses) if reduction == "mean" else total
 
 
-class MoHAttention(ConfigurableLayer, nn.Module):
+class MoHAttention(NotScriptable, ConfigurableLayer, nn.Module):
     """Mixture-of-Head attention, a drop-in for ``timm.layers.Attention`` (timm ViT ``attn_layer=``).
 
     ``timm.create_model('vit_small_patch16_224', attn_layer=MoHAttention)`` uses the default split in every block;

@@ -25,6 +25,9 @@ import torch
 import torch.nn as nn
 from timm.layers import DropPath, Mlp
 
+from attnzoo._checks import check_tokens
+from attnzoo.layers.scripting import NotScriptable
+
 __all__ = ["MixerGatingUnit", "MixerLayer", "NiNBlock"]
 
 
@@ -121,7 +124,7 @@ class MixerGatingUnit(nn.Module):
         return self.proj(u) * self.mixer(u)
 
 
-class NiNBlock(nn.Module):
+class NiNBlock(NotScriptable, nn.Module):
     """NiNformer block: ``x + MGU(LN x)`` then ``x + FFN(LN x)``, one LayerNorm shared by both by default.
 
     A drop-in for a transformer block on a fixed-length token sequence (timm ViT ``Block`` layout).
@@ -166,10 +169,12 @@ class NiNBlock(nn.Module):
         return (f"dim={self.dim}, seq_len={self.seq_len}, d_ffn={self.d_ffn}, dropout={self.dropout}, "
                 f"shared_norm={self.shared_norm}, drop_path={self.drop_path_rate}")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 3 or x.shape[1] != self.seq_len or x.shape[2] != self.dim:
-            raise ValueError(f"NiNBlock: x must have shape (B, seq_len={self.seq_len}, dim={self.dim}), got "
-                             f"{tuple(x.shape)}; the token-mixing MLP fixes the sequence length at construction")
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        """``attn_mask`` and ``is_causal`` are there because timm's ViT passes them to every ``block_fn`` (and so
+        does its FX trace); a block without attention cannot apply them, so real ones are refused."""
+        if isinstance(attn_mask, torch.Tensor) or is_causal is True:
+            raise ValueError("NiNBlock mixes tokens with an MLP, not attention: attn_mask and is_causal cannot apply")
+        check_tokens(x, self.seq_len, self.dim, where="NiNBlock")
         x = x + self.drop_path(self.gate(self.norm1(x)))
         norm2 = self.norm1 if self.norm2 is None else self.norm2
         return x + self.drop_path(self.mlp(norm2(x)))

@@ -46,6 +46,7 @@ from attnzoo.kernels.topm import (
     topm_attention_weights,
     topm_knn,
 )
+from attnzoo.layers.scripting import NotScriptable
 
 __all__ = ["TopMAttentionConv"]
 
@@ -80,7 +81,7 @@ def _check_positive(name: str, value: int | None, allow_none: bool = False) -> N
         raise ValueError(f"{name} must be an int >= 1{' or None' if allow_none else ''}, got {value!r}")
 
 
-class TopMAttentionConv(MessagePassing):
+class TopMAttentionConv(NotScriptable, MessagePassing):
     r"""The top-m attention operator from the `"TANGNN: a Concise, Scalable and Effective Graph Neural Networks
     with Top-m Attention Mechanism for Graph Representation Learning" <https://arxiv.org/abs/2411.15458>`_ paper.
 

@@ -31,11 +31,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from attnzoo._checks import check_nchw
+from attnzoo.layers.scripting import NotScriptable
 
 __all__ = ["ULSAM"]
 
 
-class ULSAM(nn.Module):
+class ULSAM(NotScriptable, nn.Module):
     """Ultra-lightweight subspace attention: one softmax spatial map per channel subspace, plus identity.
 
     Args:

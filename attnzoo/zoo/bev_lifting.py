@@ -20,6 +20,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from attnzoo.layers.dfa3d import MultiViewLifting, depth_distribution
+from attnzoo.layers.scripting import NotScriptable
 from attnzoo.zoo._registry import register_model
 
 __all__ = ["BEVOccupancyNet", "PyramidBackbone"]
@@ -74,7 +75,7 @@ class PyramidBackbone(nn.Module):
         return f"channels={self.channels}, num_levels={self.num_levels}"
 
 
-class BEVOccupancyNet(nn.Module):
+class BEVOccupancyNet(NotScriptable, nn.Module):
     """Surround-view images to a BEV occupancy map through DFA3D (or 2-D deformable attention) lifting.
 
     Args:

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from timm.layers import register_notrace_module
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from attnzoo.layers.ela import ELA
@@ -32,6 +33,7 @@ __all__ = ["ELA_POSITIONS", "ElaBottleneck", "ResidualELA"]
 ELA_POSITIONS = ("authors", "timm")
 
 
+@register_notrace_module  # FX patches leaf calls by the traced forward's globals; ELA.forward's are another module's
 class ResidualELA(ELA):
     """``x + ELA(x)``: ELA behind the local residual the authors' ResNet blocks put around it.
 

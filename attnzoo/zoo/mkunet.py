@@ -37,6 +37,7 @@ from attnzoo.layers.mkdc import (
     SpatialAttention,
     init_authors,
 )
+from attnzoo.layers.scripting import NotScriptable
 from attnzoo.zoo._registry import register_model
 
 MKUNET_CHANNELS = {
@@ -78,7 +79,7 @@ def _check_channels(channels: Sequence[int], depths: Sequence[int]) -> tuple[tup
     return channels, depths
 
 
-class MKUNet(nn.Module):
+class MKUNet(NotScriptable, nn.Module):
     """MK-UNet: a multi-kernel inverted-residual U-Net with channel/spatial attention and grouped attention gates.
 
     Args:

@@ -23,11 +23,12 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from timm.layers import PatchEmbed, to_2tuple
+from timm.layers import PatchEmbed, calculate_drop_path_rates, to_2tuple
 from timm.models import VisionTransformer
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint, checkpoint_seq
 
+from attnzoo._checks import check_image_size
 from attnzoo.layers.ninformer import NiNBlock
 from attnzoo.zoo._registry import build_classifier, classifier_cfg, hub_default_cfgs, register_model
 
@@ -73,10 +74,7 @@ class FixedSizePatchEmbed(PatchEmbed):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or tuple(x.shape[-2:]) != tuple(self.img_size):
-            raise ValueError(f"NiNformer was built for {tuple(self.img_size)} images, got input of shape "
-                             f"{tuple(x.shape)}; its token-mixing MLPs fix the token count, so build the model "
-                             f"with img_size={tuple(x.shape[-2:]) if x.ndim == 4 else '(H, W)'} instead")
+        check_image_size(x, self.img_size, where="NiNformer")
         return super().forward(x)
 
 
@@ -116,7 +114,7 @@ class NiNformer(nn.Module):
         self.grad_checkpointing = False
         self.patch_embed = FixedSizePatchEmbed(img_size, patch_size, in_chans, embed_dim, **dd)
         seq_len = self.patch_embed.num_patches
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        rates = calculate_drop_path_rates(drop_path_rate, depth)  # plain floats: works on the meta device too
         self.blocks = nn.Sequential(*[
             NiNBlock(embed_dim, seq_len, d_ffn, dropout, shared_norm, drop_path=rate, **dd) for rate in rates])
         reduction = to_2tuple(patch_size)[0]

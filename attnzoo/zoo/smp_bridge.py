@@ -30,6 +30,7 @@ from segmentation_models_pytorch.encoders._base import EncoderMixin
 from segmentation_models_pytorch.encoders._utils import replace_strides_with_dilation
 
 from attnzoo.layers.ela import ELA
+from attnzoo.layers.scripting import NotScriptable
 from attnzoo.layers.ulsam import ULSAM
 from attnzoo.zoo._registry import register_model
 from attnzoo.zoo.mkunet import MKUNET_CHANNELS, MKUNet, mkir_stage, mkunet_encoder_stages
@@ -37,7 +38,7 @@ from attnzoo.zoo.mkunet import MKUNET_CHANNELS, MKUNet, mkir_stage, mkunet_encod
 SMP_ENCODER_PREFIX = "attnzoo-"
 
 
-class MKUNetEncoder(nn.Module, EncoderMixin):
+class MKUNetEncoder(NotScriptable, nn.Module, EncoderMixin):
     """The MK-UNet encoder (five MKIR stages, each followed by a 2x2 max-pool) with smp's encoder contract.
 
     Args:
@@ -54,9 +55,6 @@ class MKUNetEncoder(nn.Module, EncoderMixin):
         input: (B, 3, H, W) (or the ``in_channels`` smp set); output: ``depth + 1`` maps, the input first, then
         (B, C_i, H / 2^i, W / 2^i) (strides capped at ``output_stride``).
     """
-
-    # the layers validate inputs with f-strings and Python-level loops that TorchScript does not compile
-    _is_torch_scriptable = False
 
     def __init__(self, channels: Sequence[int], depths: Sequence[int] = (1, 1, 1, 1, 1),
                  kernel_sizes: Sequence[int] = (1, 3, 5), expansion_factor: float = 2, depth: int = 5,
@@ -154,7 +152,7 @@ def _attention_factory(decoder_attention: str | AttentionFactory | None,
     raise TypeError(f"decoder_attention must be a str, a callable or None, got {decoder_attention!r}")
 
 
-class AttentionUnet(smp.Unet):
+class AttentionUnet(NotScriptable, smp.Unet):
     """smp's U-Net with attnzoo attention in the decoder, at the two places smp puts its scSE attention.
 
     In each decoder block the attention runs on the concatenation of the upsampled map and the skip (before the

@@ -127,5 +127,5 @@ def test_bad_arguments_and_inputs():
     with pytest.raises(ValueError, match="block_size must be a positive int, got 0"):
         HaloAttention(16, num_heads=2, block_size=0)
     layer = HaloAttention(16, num_heads=2, block_size=4, halo_size=1)
-    with pytest.raises(ValueError, match=r"expected input of shape \(B, 16, H, W\), got \(1, 8, 8, 8\)"):
+    with pytest.raises(ValueError, match=r"HaloAttention: x must have 16 channels, got 8 \(shape \(1, 8, 8, 8\)\)"):
         layer(torch.randn(1, 8, 8, 8))

@@ -169,3 +169,12 @@ def test_smp_own_encoders_are_left_intact():
     # registering our encoders must leave smp's own table intact
     assert smp.encoders.encoders["resnet18"]["encoder"] is smp.encoders.resnet.ResNetEncoder
     assert all(isinstance(m, MKIR) for m in MKUNetEncoder((4, 8, 16, 24, 32)).encoder1)
+
+
+@pytest.mark.parametrize("name", ["smp_unet_ela", "smp_unet_ulsam", "mkunet_t"])
+def test_segmentation_models_declare_they_do_not_script(name):
+    """smp reads ``_is_torch_scriptable``; torch.jit.script then fails at once, naming what works instead."""
+    model = create_model(name)
+    assert model._is_torch_scriptable is False
+    with pytest.raises(RuntimeError, match="not TorchScript-scriptable.*torch.export.export"):
+        torch.jit.script(model)

@@ -1,0 +1,25 @@
+"""How a layer declares that TorchScript cannot compile it.
+
+The attnzoo layers check their inputs with Python (f-string errors naming the shapes) and reach their kernels
+through Python front doors that pick a backend and apply the autocast rule; TorchScript compiles neither. A module
+that mixes in :class:`NotScriptable` says so the way smp's tests read it (``_is_torch_scriptable = False``) and
+makes ``torch.jit.script`` fail at once with a message naming what works instead, rather than with a compiler error
+deep inside a helper. ``torch.jit.script`` calls ``__prepare_scriptable__`` on every submodule, so one such layer
+anywhere in a model is enough.
+"""
+
+from __future__ import annotations
+
+__all__ = ["NotScriptable"]
+
+
+class NotScriptable:
+    """Mixin for nn.Modules that TorchScript cannot compile (see the module docstring)."""
+
+    _is_torch_scriptable = False
+
+    def __prepare_scriptable__(self):
+        raise RuntimeError(
+            f"{type(self).__name__} is not TorchScript-scriptable (its input checks and kernel front door are "
+            "Python). Deploy it with torch.export.export(model, args), torch.onnx.export(model, args, dynamo=True) "
+            "or torch.compile(model) instead.")
