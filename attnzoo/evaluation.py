@@ -11,6 +11,9 @@ percent, rounded to two decimals:
 - ``fashion-mnist-knn[:key=value,...]``: node-classification ``accuracy`` on the test vertices of
   :func:`attnzoo.data.graphs.fashion_mnist_knn_graph`, built with the given arguments
   (``split``, ``k``, ``num_nodes``, ``seed``), e.g. ``fashion-mnist-knn:split=test,k=10,num_nodes=10000``.
+- ``fashion-mnist-superpixels[:key=value,...]``: graph-classification ``accuracy`` (:func:`graph_accuracy`) on the
+  superpixel graphs of :class:`attnzoo.data.superpixels.FashionMNISTSuperpixels` built with the given arguments,
+  e.g. ``fashion-mnist-superpixels:split=test,num_images=2000``.
 - ``synthetic-multiview[:key=value,...]``: BEV occupancy ``bev_iou`` on the scenes of
   :class:`attnzoo.data.multiview.SyntheticMultiViewScenes` built with the given arguments (see :func:`bev_iou`).
 
@@ -27,8 +30,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-__all__ = ["bev_iou", "compare_with_manifest", "data_config", "evaluate", "graph_for_dataset", "model_in_chans",
-           "node_accuracy", "parse_dataset", "register_evaluator"]
+__all__ = ["bev_iou", "compare_with_manifest", "data_config", "evaluate", "graph_accuracy", "graph_for_dataset",
+           "model_in_chans", "node_accuracy", "parse_dataset", "register_evaluator"]
 
 Evaluator = Callable[[nn.Module, Any, dict[str, str], dict[str, Any]], dict[str, float]]
 _EVALUATORS: dict[str, Evaluator] = {}
@@ -150,6 +153,35 @@ def graph_for_dataset(dataset: str, root: str | os.PathLike | None = None) -> An
 @register_evaluator("fashion-mnist-knn")
 def _graph(model: nn.Module, record: Any, args: dict[str, str], options: dict[str, Any]) -> dict[str, float]:
     return node_accuracy(model, graph_for_dataset(record.dataset, options["root"]), options["device"])
+
+
+@torch.no_grad()
+def graph_accuracy(model: nn.Module, dataset: Any, batch_size: int = 256, device: torch.device | str | None = None
+                   ) -> dict[str, float]:
+    """Graph-classification accuracy (percent) of ``model(x, edge_index, batch, batch_size=B)`` over ``dataset``.
+
+    The graphs are batched in order (PyG ``DataLoader``, no shuffling), so a given ``batch_size`` always evaluates
+    the same mini-batches.
+    """
+    from torch_geometric.loader import DataLoader
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.eval().to(device)
+    correct = total = 0
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        batch = batch.to(device)
+        pred = model(batch.x, batch.edge_index, batch.batch, batch_size=batch.num_graphs).argmax(-1)
+        correct += int((pred == batch.y).sum())
+        total += batch.num_graphs
+    return {"accuracy": 100.0 * correct / max(total, 1)}
+
+
+@register_evaluator("fashion-mnist-superpixels")
+def _superpixels(model: nn.Module, record: Any, args: dict[str, str], options: dict[str, Any]) -> dict[str, float]:
+    from attnzoo.data.superpixels import superpixels_from_spec
+
+    dataset = superpixels_from_spec(record.dataset, fmnist_root=options["root"])
+    return graph_accuracy(model, dataset, options["batch_size"], options["device"])
 
 
 @torch.no_grad()

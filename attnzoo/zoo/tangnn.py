@@ -1,26 +1,43 @@
-"""TANGNN and TANGNN-LC node models (arXiv:2411.15458), built like PyG's ``BasicGNN`` models.
+"""TANGNN and TANGNN-LC node models and a TANGNN graph model (arXiv:2411.15458), built like PyG's ``BasicGNN``.
 
-Both stack :class:`attnzoo.layers.topm.TopMAttentionConv` layers with PyG's ``BasicGNN`` machinery (activation,
-normalisation, dropout, jumping knowledge, output projection). TANGNN-LC is the paper's variant that concatenates
-every layer's output before the head, i.e. ``jk='cat'``; the authors' LC code only type-checks for two layers,
-this one takes any depth. Unlike ``BasicGNN.forward``, the ``batch`` vector reaches every conv, so that the top-m
-candidates of a mini-batch of graphs stay inside their own graph.
+TANGNN and TANGNN-LC stack :class:`attnzoo.layers.topm.TopMAttentionConv` layers with PyG's ``BasicGNN`` machinery
+(activation, normalisation, dropout, jumping knowledge, output projection). TANGNN-LC is the paper's variant that
+concatenates every layer's output before the head, i.e. ``jk='cat'``; the authors' LC code only type-checks for two
+layers, this one takes any depth. Unlike ``BasicGNN.forward``, the ``batch`` vector reaches every conv, so that the
+top-m candidates of a mini-batch of graphs stay inside their own graph.
+
+:class:`TANGNNGraph` is the graph-level model (graph classification and regression, which the paper reports): the
+same TANGNN layers, one of PyG's global pooling readouts over every graph of the batch, and an MLP head, the way
+PyG's graph-classification examples put a ``global_*_pool`` and an ``MLP`` after a ``BasicGNN``. The paper's
+readout is not in the spec or the authors' code (which is node-level only), so the readout is a choice, mean by
+default.
 
 Registered in the attnzoo registry with task ``'graph'``::
 
     model = attnzoo.create_model('tangnn', in_channels=34, hidden_channels=32, out_channels=4, num_layers=2, m=8)
+    graph_model = attnzoo.create_model('tangnn_graph', in_channels=3, hidden_channels=64, out_channels=10,
+                                       num_layers=3, m=8, readout='mean')
+    logits = graph_model(batch.x, batch.edge_index, batch.batch)  # [num_graphs, 10]
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import Tensor
+from torch_geometric.nn import MLP, global_add_pool, global_max_pool, global_mean_pool
+from torch_geometric.nn.aggr import Aggregation
 from torch_geometric.nn.models.basic_gnn import BasicGNN
 from torch_geometric.typing import Adj
 
 from attnzoo.layers.topm import TopMAttentionConv
 from attnzoo.zoo._registry import register_model
 
-__all__ = ["TANGNN", "TANGNN_LC", "tangnn", "tangnn_lc"]
+__all__ = ["READOUTS", "TANGNN", "TANGNNGraph", "TANGNN_LC", "tangnn", "tangnn_graph", "tangnn_lc"]
+
+# PyG's global pooling functions by readout name ('sum' is PyG's other name for 'add')
+READOUTS: dict[str, Callable[..., Tensor]] = {"mean": global_mean_pool, "add": global_add_pool,
+                                               "sum": global_add_pool, "max": global_max_pool}
 
 
 class TANGNN(BasicGNN):
@@ -109,6 +126,91 @@ class TANGNN_LC(TANGNN):  # noqa: N801 -- the paper's name for the variant
         super().__init__(in_channels, hidden_channels, num_layers, out_channels, **kwargs)
 
 
+class TANGNNGraph(TANGNN):
+    r"""TANGNN for graph-level tasks: TANGNN layers, a global pooling readout per graph, an MLP head.
+
+    .. math::
+        \mathbf{y}_g = \mathrm{MLP}\Big(\mathrm{readout}_{i \in g}\, \sigma\big(\mathrm{TANGNN}(\mathbf{X},
+        \mathbf{A})_i\big)\Big)
+
+    The node part is :class:`TANGNN` (``out_channels=None``, so it ends at ``hidden_channels``; with ``jk`` set its
+    output projection maps the jumping-knowledge features back to ``hidden_channels``); the last layer's output
+    goes through the activation before the readout, as every other layer's does. Top-m candidates stay inside
+    each graph of the ``batch``.
+
+    Args:
+        in_channels: size of each input sample, or -1 (lazy).
+        hidden_channels: size of each hidden sample (node layers and the head's hidden layer).
+        num_layers: number of message passing layers.
+        out_channels: outputs per graph (classes, or targets of a regression).
+        readout: ``'mean'``, ``'add'``/``'sum'`` or ``'max'`` (PyG's ``global_mean_pool``/``global_add_pool``/
+            ``global_max_pool``), or a PyG :class:`~torch_geometric.nn.aggr.Aggregation` module for a learned
+            readout (e.g. ``AttentionalAggregation``), called as ``aggr(x, batch, dim_size=batch_size)``.
+        head_dropout: dropout of the MLP head.
+        **kwargs: further :class:`TANGNN` arguments (``m``, ``heads``, ``mode``, ``num_neighbors``, ``dropout``,
+            ``norm``, ``jk``, ...).
+
+    Shapes:
+        - **input:** node features :math:`(|\mathcal{V}|, F_{in})`, edge indices :math:`(2, |\mathcal{E}|)`, batch
+          vector :math:`(|\mathcal{V}|)` *(optional: one graph without it)*
+        - **output:** :math:`(B, F_{out})`, one row per graph (:math:`B = 1` without ``batch``)
+    """
+
+    def __init__(self, in_channels: int, hidden_channels: int, num_layers: int, out_channels: int,
+                 readout: str | Aggregation = "mean", head_dropout: float = 0.0, **kwargs) -> None:
+        if kwargs.get("out_channels") is not None:
+            raise ValueError("out_channels is given once, as the graph-level output size")
+        if isinstance(readout, str) and readout not in READOUTS:
+            raise ValueError(f"readout must be one of {sorted(READOUTS)} or a torch_geometric Aggregation, got "
+                             f"{readout!r}")
+        if not isinstance(readout, (str, Aggregation)):
+            raise ValueError(f"readout must be a name or a torch_geometric.nn.aggr.Aggregation, got "
+                             f"{type(readout).__name__}")
+        if isinstance(out_channels, bool) or not isinstance(out_channels, int) or out_channels < 1:
+            raise ValueError(f"out_channels must be an int >= 1, got {out_channels!r}")
+        super().__init__(in_channels, hidden_channels, num_layers, out_channels=None, **kwargs)
+        # a name picks one of PyG's global pooling functions; a module (and its parameters) is kept as ``pool``
+        self.readout = readout if isinstance(readout, str) else None
+        self.pool = readout if isinstance(readout, Aggregation) else None
+        self.head = MLP([hidden_channels, hidden_channels, out_channels], norm=None, dropout=head_dropout)
+        self.out_channels = out_channels
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if self.pool is not None:
+            self.pool.reset_parameters()
+        self.head.reset_parameters()
+
+    def node_embeddings(self, x: Tensor, edge_index: Adj, batch: Tensor | None = None,
+                        batch_size: int | None = None) -> Tensor:
+        """The per-node features the readout pools, ``[N, hidden_channels]``."""
+        x = super().forward(x, edge_index, batch, batch_size)
+        if self.jk_mode is None and self.act is not None:
+            x = self.act(x)
+        return x
+
+    def forward(self, x: Tensor, edge_index: Adj, batch: Tensor | None = None,
+                batch_size: int | None = None) -> Tensor:
+        """Args:
+            x: node features.
+            edge_index: graph connectivity.
+            batch: graph id of every node (PyG mini-batch); None means one graph.
+            batch_size: number of graphs; give it under ``torch.compile``/export so that it is not read from
+                ``batch`` (a device sync).
+        """
+        h = self.node_embeddings(x, edge_index, batch, batch_size)  # [N, hidden]
+        if self.pool is not None:
+            g = self.pool(h, batch, dim_size=batch_size)
+        else:
+            g = READOUTS[self.readout](h, batch, batch_size)  # [B, hidden]
+        return self.head(g)  # [B, out]
+
+    def __repr__(self) -> str:
+        readout = self.readout if self.pool is None else repr(self.pool)
+        return (f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, num_layers={self.num_layers}, "
+                f"readout={readout!r})")
+
+
 def _build(cls: type[TANGNN], kwargs: dict) -> TANGNN:
     device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
     return cls(**kwargs).to(device=device, dtype=dtype)
@@ -124,3 +226,9 @@ def tangnn(**kwargs) -> TANGNN:
 def tangnn_lc(**kwargs) -> TANGNN_LC:
     """TANGNN-LC: layer outputs concatenated before the head."""
     return _build(TANGNN_LC, kwargs)
+
+
+@register_model("graph")
+def tangnn_graph(**kwargs) -> TANGNNGraph:
+    """TANGNN with a global pooling readout and an MLP head: one output row per graph (``readout``, ...)."""
+    return _build(TANGNNGraph, kwargs)

@@ -192,3 +192,35 @@ def test_train_tangnn_on_karateclub_reproduced_by_eval(tmp_path, monkeypatch):
     (tmp_path / "hub").mkdir()
     hub.publish("tangnn.karate", tmp_path / "ckpt", tmp_path / "hub")
     assert evaluate("tangnn.karate", progress=False) == run["metrics"]
+
+
+def test_train_tangnn_graph_on_superpixels_reproduced_by_eval(fmnist_root, tmp_path, monkeypatch):
+    pytest.importorskip("skimage")
+    from attnzoo.evaluation import evaluate
+
+    monkeypatch.setenv("ATTNZOO_CACHE", str(tmp_path / "cache"))  # the superpixel graphs of the fake images
+    run = load_example("train_tangnn_graph").main(["--out", str(tmp_path / "ckpt"), "--smoke", "--fmnist-root",
+                                                   str(fmnist_root)])
+    assert [r["epoch"] for r in run["history"]] == [1, 2]
+    assert run["dataset"] == "fashion-mnist-superpixels:split=test,num_images=8"
+    assert (tmp_path / "ckpt" / "curves.png").is_file() and (tmp_path / "ckpt" / "metrics.csv").is_file()
+    monkeypatch.setattr(hub, "embedded_dir", lambda: None)
+    monkeypatch.setenv("ATTNZOO_HUB_DIR", str(tmp_path / "hub"))
+    (tmp_path / "hub").mkdir()
+    hub.publish("tangnn_graph.smoke", tmp_path / "ckpt", tmp_path / "hub")
+    assert evaluate("tangnn_graph.smoke", root=fmnist_root, progress=False) == run["metrics"]
+
+
+def test_tangnn_hetero_example_trains_to_hetero_on_images_and_superpixels(fmnist_root, tmp_path, monkeypatch):
+    pytest.importorskip("skimage")
+    monkeypatch.setenv("ATTNZOO_CACHE", str(tmp_path / "cache"))
+    run = load_example("tangnn_hetero").main(["--out", str(tmp_path / "out"), "--smoke", "--fmnist-root",
+                                              str(fmnist_root)])
+    data = run["data"]
+    assert set(data.node_types) == {"image", "superpixel"} and len(data.edge_types) == 4
+    assert data["image"].x.shape == (20, 49) and data["superpixel"].x.size(1) == 3
+    # one bipartite TopMAttentionConv per relation, with that relation's source and destination widths
+    conv = run["model"].convs[0]["superpixel__part_of__image"]
+    assert conv.lin_key.in_channels == 3 and conv.lin_query.in_channels == 49
+    assert [r["epoch"] for r in run["history"]] == [1, 2] and 0 <= run["metrics"]["accuracy"] <= 100
+    assert (tmp_path / "out" / "model.pt").is_file() and (tmp_path / "out" / "curves.png").is_file()
