@@ -9,7 +9,7 @@ graph. ``--train-images`` images of the training split are split 90/10 into trai
 cross-entropy, shuffled mini-batches of ``--batch-size`` graphs; ``metrics.csv`` and ``curves.png`` as in the other
 examples. :func:`fit_graph_classifier` is the recipe, shared with benchmarks/tangnn_baselines.py.
 
-    python examples/train_tangnn_graph.py --train-images 2000 --test-images 1000 --out runs/tangnn_graph
+    python examples/train_tangnn_graph.py --model-kwargs '{"m": 8, "heads": 2}' --out runs/tangnn_graph
     attnzoo publish tangnn_graph.fmnist_superpixels --from runs/tangnn_graph --to weights/
 """
 
@@ -100,11 +100,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tangnn_graph", help="a graph-level model (one row per graph)")
     parser.add_argument("--model-kwargs", default=None, help='JSON, e.g. {"m": 8, "heads": 2, "readout": "max"}')
-    parser.add_argument("--train-images", type=int, default=2000, help="training-split images (90%% train, 10%% val)")
+    parser.add_argument("--train-images", type=int, default=4000, help="training-split images (90%% train, 10%% val)")
     parser.add_argument("--test-images", type=int, default=1000, help="test-split images (the saved metric)")
-    parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--layers", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--hidden", type=int, default=32)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--batch-size", type=int, default=64)
