@@ -47,19 +47,22 @@ computed from ``arange`` of the (symbolic) sizes: no ``as_strided``, padding, sl
 Correspondence with ``attnzoo.kernels.halo.halo_attention`` (HaloNet: a map cut into ``b x b`` blocks, each block's
 queries attending to its ``(b + 2h) x (b + 2h)`` window, relative logits ``q.R_h + q.R_w``):
 
-* the window structure of halo attention with stride 1 is GNA's blocked-with-overlap case only in the map interior:
-  a halo block's window is NA's window of stride ``s = b`` and kernel ``k = b + 2h`` (``s <= k`` always holds). At
-  the borders they differ: halo attention keeps the window centred on the block and pads it with zero keys that
-  take part in the softmax (timm's default) or are masked out (``mask_padding=True``, then a border query sees fewer
-  than ``k`` keys), whereas NA shifts the window inside the map so that every query sees ``k`` real keys. The same
-  holds for the partial last blocks of maps that are not multiples of ``b``;
-* halo's position term is content-dependent (``q.R``, a factorised table of vectors), NA's ``rpb`` is a learned
-  scalar per head and offset; neither can express the other;
+* windows: with stride 1, a halo block's window is GNA's window of stride ``s = b`` and kernel ``k = b + 2h`` (the
+  same keys for every block whose window lies inside the map, for any ``b``; ``s <= k`` always holds). At the
+  borders they differ: halo attention keeps the window centred on the block and pads it with zero keys that take
+  part in the softmax (timm's default) or are masked out (``mask_padding=True``, then a border query sees fewer than
+  ``k`` keys), whereas NA shifts the window inside the map so that every query sees ``k`` real keys. The same holds
+  for the partial last blocks of maps that are not multiples of ``b``. Only with ``h = 0`` and sides that are
+  multiples of ``b`` does no window reach outside the map: then the windows are exactly NA's blocked attention
+  (``kernel_size = stride = b``);
+* position terms: halo's is content-dependent (``q.R``, factorised tables of vectors), NA's ``rpb`` a learned scalar
+  per head and offset; neither can express the other, and halo attention with nonzero tables is never NA;
 * halo's stride 2 subsamples the queries, which NA's stride does not (NA's stride groups queries; every query
   still produces an output);
-* hence no halo configuration is a configuration of this op without changing results, except the degenerate one
-  where the halo window covers the whole map from every block (one block, ``b >= H, W``, ``h = 0``, no position
-  tables): plain self-attention, which this op gives with ``k = L``.
+* hence the only halo configurations that are configurations of this op with identical results are ``halo_size=0``
+  on maps whose sides are multiples of ``block_size`` with zero position tables (NA with ``kernel_size = stride =
+  block_size``, either ``mask_padding``), which no HaloNet uses; the tests check this, the interior-window identity
+  and the border differences.
 """
 
 from __future__ import annotations
