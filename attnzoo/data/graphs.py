@@ -9,6 +9,9 @@
   :func:`random_graph` -- exactly ``edges_per_node`` random in-edges per vertex, for scale runs up to millions.
 * :func:`long_range_graphs` -- chains whose every label is written on one distant "beacon" vertex, so that
   aggregating a few hops cannot see it: the long-range sanity check of top-m attention.
+
+Graph classification: :class:`attnzoo.data.superpixels.FashionMNISTSuperpixels` (SLIC superpixel graphs of the
+images, as PyG's MNISTSuperpixels).
 """
 
 from __future__ import annotations

@@ -249,7 +249,8 @@ class TopMAttentionConv(NotScriptable, MessagePassing):
                                  "source and every destination vertex is needed, or neither")
             if batch[0] is None:
                 return None, None
-            if not bipartite and batch[0] is not batch[1] and not torch.equal(batch[0], batch[1]):
+            if not bipartite and batch[0] is not batch[1] and not torch.compiler.is_compiling() \
+                    and not torch.equal(batch[0], batch[1]):  # a data-dependent check, skipped while compiling
                 raise ValueError("batch is a pair of different vectors but x is one vertex set")
             pair = (batch[0], batch[1])
         elif batch is None:

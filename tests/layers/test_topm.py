@@ -399,3 +399,5 @@ def test_bipartite_bad_inputs_raise_value_errors():
         TopMAttentionConv((8, 0), 16)
     with pytest.raises(ValueError, match="in_channels must be an int >= 1 or -1"):
         TopMAttentionConv((8, 5, 3), 16)
+    with pytest.raises(ValueError, match="batch is a pair of different vectors but x is one vertex set"):
+        _layer()(X, EDGE_INDEX, (torch.zeros(4, dtype=torch.long), torch.tensor([0, 0, 1, 1])))
