@@ -62,21 +62,21 @@ def _cmd_publish(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from attnzoo.evaluation import evaluate
+    from attnzoo.apps.evaluation import evaluate
 
     print(json.dumps(evaluate(args.name), indent=2))
     return 0
 
 
 def _cmd_viz(args: argparse.Namespace) -> int:
-    from attnzoo.viz import main as viz_main
+    from attnzoo.apps.viz import main as viz_main
 
     print(viz_main(args.name, args.image, args.out))
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from attnzoo.demo import run_demo
+    from attnzoo.apps.demo import run_demo
 
     run_demo()
     return 0

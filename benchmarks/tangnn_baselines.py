@@ -156,8 +156,8 @@ def _train_step(model: nn.Module, step: Callable[[nn.Module], torch.Tensor]) -> 
 
 
 def run_node(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from attnzoo.apps.training import seed_everything
     from attnzoo.data.graphs import fashion_mnist_knn_graph
-    from attnzoo.training import seed_everything
 
     fit = _example("train_tangnn").fit_node_classifier
     data = fashion_mnist_knn_graph("test", k=10, num_nodes=args.nodes, seed=0)
@@ -188,8 +188,8 @@ def run_node(args: argparse.Namespace) -> list[dict[str, Any]]:
 def run_graph(args: argparse.Namespace) -> list[dict[str, Any]]:
     from torch_geometric.loader import DataLoader
 
-    from attnzoo.evaluation import graph_accuracy
-    from attnzoo.training import seed_everything
+    from attnzoo.apps.evaluation import graph_accuracy
+    from attnzoo.apps.training import seed_everything
 
     example = _example("train_tangnn_graph")
     train, val, test = example.load_superpixels(args.train_images, args.test_images, seed=0)

@@ -2,7 +2,7 @@
 
     torchrun --nproc_per_node 2 examples/finetune_ddp.py --model ela_resnet18.fmnist --data my_images/ --out runs/ddp
 
-Every rank builds the same model from the same seed; ``attnzoo.training`` wraps it in DDP, gives each rank its
+Every rank builds the same model from the same seed; ``attnzoo.apps.training`` wraps it in DDP, gives each rank its
 shard through a DistributedSampler and lets rank 0 validate, log and save. ``--dump-params DIR`` writes each
 rank's final parameters to ``DIR/rank<r>.safetensors`` so that a test can check they are identical.
 """

@@ -28,7 +28,7 @@ from _common import (  # noqa: E402
     seeded_subset,
 )
 
-from attnzoo.evaluation import data_config  # noqa: E402
+from attnzoo.apps.evaluation import data_config  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | No
     import torch.distributed as dist
 
     import attnzoo
-    from attnzoo.training import seed_everything, train_classifier
+    from attnzoo.apps.training import seed_everything, train_classifier
 
     seed_everything(args.seed)
     # the class count is only known from the folder, which needs the model's input config to be read: build

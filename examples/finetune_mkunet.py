@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     add_common_args(parser, epochs=20, lr=2e-3, batch_size=8)
     args = apply_smoke(parser.parse_args(argv))
     import attnzoo
-    from attnzoo.training import seed_everything, train_segmenter
+    from attnzoo.apps.training import seed_everything, train_segmenter
     from attnzoo.zoo._registry import model_task, split_name
 
     if model_task(args.model) != "segmentation":

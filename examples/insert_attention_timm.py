@@ -27,7 +27,7 @@ from _common import (  # noqa: E402
     seeded_subset,
 )
 
-from attnzoo.evaluation import data_config  # noqa: E402
+from attnzoo.apps.evaluation import data_config  # noqa: E402
 
 
 def slot_channels(block: nn.Module) -> int | None:
@@ -97,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = apply_smoke(parser.parse_args(argv))
     from safetensors.torch import save_file
 
-    from attnzoo.training import seed_everything, train_classifier
+    from attnzoo.apps.training import seed_everything, train_classifier
 
     seed_everything(args.seed)
     model, loaded = create_backbone(args.backbone, args.timm_weights)

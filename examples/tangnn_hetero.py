@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from torch_geometric.nn import to_hetero
     from tqdm.auto import tqdm
 
-    from attnzoo.training import plot_curves, seed_everything, write_metrics_csv
+    from attnzoo.apps.training import plot_curves, seed_everything, write_metrics_csv
     from attnzoo.zoo.tangnn import TANGNN
 
     data = image_superpixel_graph(args.images, args.k, args.seed, args.fmnist_root, args.data_cache)

@@ -3,12 +3,12 @@
 Each run reuses the example that trains its task, so the recipe and the measured metric are the ones users get:
 
 * segmentation -- ``mkunet_t``, ``mkunet_s``, ``mkunet`` (three input channels, one output logit) on the Fashion-MNIST
-  silhouettes through ``train_fmnist.py`` (:func:`attnzoo.training.train_segmenter`); Dice and IoU on the 10,000
+  silhouettes through ``train_fmnist.py`` (:func:`attnzoo.apps.training.train_segmenter`); Dice and IoU on the 10,000
   test images, as ``attnzoo eval`` computes them (dataset ``fashion-mnist``);
 * graph -- ``tangnn`` full-batch through ``train_tangnn.py`` on KarateClub and on the k-NN graph of 5,000
-  Fashion-MNIST test images; test-vertex accuracy (:func:`attnzoo.evaluation.node_accuracy`);
+  Fashion-MNIST test images; test-vertex accuracy (:func:`attnzoo.apps.evaluation.node_accuracy`);
 * bev -- ``dfa3d_bev_tiny`` fed the true depth, trained by ``bev_dfa3d_vs_2d.py``'s run on the synthetic multi-view
-  scenes; BEV IoU on held-out scenes (:func:`attnzoo.evaluation.bev_iou`, dataset ``synthetic-multiview:...``).
+  scenes; BEV IoU on held-out scenes (:func:`attnzoo.apps.evaluation.bev_iou`, dataset ``synthetic-multiview:...``).
 
 Every model is saved with ``attnzoo.save_pretrained`` into ``OUT/<arch>.<tag>``, ready for::
 
@@ -99,7 +99,7 @@ def train_graph(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def train_bev(args: argparse.Namespace) -> list[dict[str, Any]]:
     import attnzoo
-    from attnzoo.evaluation import bev_iou
+    from attnzoo.apps.evaluation import bev_iou
 
     folder = args.out / "dfa3d_bev_tiny.synth"
     run_args = bev_dfa3d_vs_2d.parse_args(["--out", str(folder / "log"), "--seed", str(args.seed),

@@ -64,14 +64,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from safetensors.torch import save_file
 
     import attnzoo
-    from attnzoo.data.fashion_mnist import fashion_mnist, fashion_mnist_segmentation, fmnist_cfg, fmnist_transform
-    from attnzoo.training import (
+    from attnzoo.apps.training import (
         evaluate_classifier,
         evaluate_segmenter,
         seed_everything,
         train_classifier,
         train_segmenter,
     )
+    from attnzoo.data.fashion_mnist import fashion_mnist, fashion_mnist_segmentation, fmnist_cfg, fmnist_transform
     from attnzoo.zoo._registry import model_task
 
     image_size = args.image_size or 28

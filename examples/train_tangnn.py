@@ -77,8 +77,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.smoke:
         args.dataset, args.epochs, args.progress = "karateclub", min(args.epochs, 5), False
     import attnzoo
-    from attnzoo.evaluation import graph_for_dataset, node_accuracy
-    from attnzoo.training import plot_curves, seed_everything, write_metrics_csv
+    from attnzoo.apps.evaluation import graph_for_dataset, node_accuracy
+    from attnzoo.apps.training import plot_curves, seed_everything, write_metrics_csv
     from attnzoo.zoo._registry import model_task
 
     if model_task(args.model) != "graph":

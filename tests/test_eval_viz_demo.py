@@ -1,4 +1,4 @@
-"""attnzoo.evaluation (`attnzoo eval`), attnzoo.viz (`attnzoo viz`) and attnzoo.demo (`attnzoo demo`), on tiny
+"""attnzoo.apps.evaluation (`attnzoo eval`), attnzoo.apps.viz (`attnzoo viz`) and attnzoo.apps.demo (`attnzoo demo`), on tiny
 checkpoints published into a temporary hub and fake Fashion-MNIST files (no network, no real dataset)."""
 
 from pathlib import Path
@@ -11,11 +11,12 @@ from fake_fmnist import write_fake_fmnist
 from PIL import Image
 
 import attnzoo
-from attnzoo import demo, evaluation, hub, viz
+from attnzoo import hub
+from attnzoo.apps import demo, evaluation, viz
+from attnzoo.apps.training import evaluate_classifier, evaluate_segmenter
 from attnzoo.data.fashion_mnist import fashion_mnist, fashion_mnist_segmentation, fmnist_cfg, fmnist_transform
 from attnzoo.layers.ela import ELA
 from attnzoo.layers.halo import HaloAttention
-from attnzoo.training import evaluate_classifier, evaluate_segmenter
 
 TINY_RESNET = dict(channels=(8, 16, 32, 64), stem_width=8, in_chans=1, num_classes=10)
 

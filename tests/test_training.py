@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from attnzoo import training as tr
+from attnzoo.apps import training as tr
 
 
 def quadrant_data(n: int, seed: int) -> TensorDataset:

@@ -85,8 +85,8 @@ def test_train_fmnist_segmentation(fmnist_root, tmp_path):
     # stored in half precision; the metrics are those of the rounded weights, reproduced after loading
     stored = load_file(tmp_path / "model.safetensors")
     assert all(v.dtype == torch.float16 for k, v in stored.items() if v.is_floating_point())
+    from attnzoo.apps.training import evaluate_segmenter
     from attnzoo.data.fashion_mnist import fashion_mnist_segmentation, fmnist_transform
-    from attnzoo.training import evaluate_segmenter
 
     test = fashion_mnist_segmentation("test", fmnist_root, fmnist_transform(28, 3))
     subset = torch.utils.data.Subset(test, torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:16])
@@ -182,7 +182,7 @@ def test_finetune_ddp_two_cpu_ranks_end_identical(published, image_folder, tmp_p
 
 
 def test_train_tangnn_on_karateclub_reproduced_by_eval(tmp_path, monkeypatch):
-    from attnzoo.evaluation import evaluate
+    from attnzoo.apps.evaluation import evaluate
 
     run = load_example("train_tangnn").main(["--out", str(tmp_path / "ckpt"), "--smoke", "--hidden", "8"])
     assert [r["epoch"] for r in run["history"]] == [1, 2, 3, 4, 5]
@@ -196,7 +196,7 @@ def test_train_tangnn_on_karateclub_reproduced_by_eval(tmp_path, monkeypatch):
 
 def test_train_tangnn_graph_on_superpixels_reproduced_by_eval(fmnist_root, tmp_path, monkeypatch):
     pytest.importorskip("skimage")
-    from attnzoo.evaluation import evaluate
+    from attnzoo.apps.evaluation import evaluate
 
     monkeypatch.setenv("ATTNZOO_CACHE", str(tmp_path / "cache"))  # the superpixel graphs of the fake images
     run = load_example("train_tangnn_graph").main(["--out", str(tmp_path / "ckpt"), "--smoke", "--fmnist-root",

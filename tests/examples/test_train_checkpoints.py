@@ -8,7 +8,7 @@ import pytest
 from fake_fmnist import write_fake_fmnist
 
 from attnzoo import hub
-from attnzoo.evaluation import compare_with_manifest, evaluate
+from attnzoo.apps.evaluation import compare_with_manifest, evaluate
 
 SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "train_checkpoints.py"
 EXPECTED = {

@@ -192,8 +192,8 @@ def main(name: str, image: str | os.PathLike, out: str | os.PathLike | None = No
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from attnzoo.apps.evaluation import data_config
     from attnzoo.data.fashion_mnist import CLASSES
-    from attnzoo.evaluation import data_config
     from attnzoo.zoo._registry import create_model, list_pretrained, model_task, split_name
 
     arch, tag = split_name(name)

@@ -101,8 +101,8 @@ def parse_dataset(dataset: str) -> tuple[str, dict[str, str]]:
 
 @register_evaluator("fashion-mnist")
 def _fashion_mnist(model: nn.Module, record: Any, args: dict[str, str], options: dict[str, Any]) -> dict[str, float]:
+    from attnzoo.apps.training import evaluate_classifier, evaluate_segmenter
     from attnzoo.data.fashion_mnist import fashion_mnist, fashion_mnist_segmentation, fmnist_transform
-    from attnzoo.training import evaluate_classifier, evaluate_segmenter
 
     cfg = data_config(model, cfg=None if record.task == "classification" else record.pretrained_cfg)
     transform = fmnist_transform(cfg["image_size"], cfg["in_chans"], cfg["mean"], cfg["std"])
@@ -241,7 +241,7 @@ def evaluate(name: str, root: str | os.PathLike | None = None, batch_size: int =
     base, args = parse_dataset(record.dataset)
     if base not in _EVALUATORS:
         raise ValueError(f"{record.name} was trained on {record.dataset!r}, which has no evaluator; registered: "
-                         f"{sorted(_EVALUATORS)} (attnzoo.evaluation.register_evaluator adds one)")
+                         f"{sorted(_EVALUATORS)} (attnzoo.apps.evaluation.register_evaluator adds one)")
     model = create_model(record.name, pretrained=True)
     options = {"root": root, "batch_size": batch_size, "device": device, "progress": progress}
     metrics = _EVALUATORS[base](model, record, args, options)

@@ -128,8 +128,8 @@ def forward_every_model(names: Sequence[str] | None = None, progress: bool = Tru
 
 
 def _fmnist_split(model: nn.Module, split: str, root: str | os.PathLike | None) -> Any:
+    from attnzoo.apps.evaluation import data_config
     from attnzoo.data.fashion_mnist import fashion_mnist, fmnist_transform
-    from attnzoo.evaluation import data_config
 
     cfg = data_config(model)
     return fashion_mnist(split, root=root, transform=fmnist_transform(cfg["image_size"], cfg["in_chans"],
@@ -140,7 +140,7 @@ def evaluate_checkpoints(names: Sequence[str], root: str | os.PathLike | None = 
                          ) -> list[dict[str, Any]]:
     """Top-1 on the Fashion-MNIST test split and evaluation images/s of each published classifier."""
     from attnzoo import hub
-    from attnzoo.training import evaluate_classifier
+    from attnzoo.apps.training import evaluate_classifier
     from attnzoo.zoo._registry import create_model, split_name
 
     rows = []
@@ -157,8 +157,8 @@ def evaluate_checkpoints(names: Sequence[str], root: str | os.PathLike | None = 
 
 
 def _attention_kinds(model: nn.Module) -> set[str]:
-    """'gate' / 'halo' for the attention modules attnzoo.viz can draw in ``model``."""
-    from attnzoo.viz import _kind
+    """'gate' / 'halo' for the attention modules attnzoo.apps.viz can draw in ``model``."""
+    from attnzoo.apps.viz import _kind
 
     return {k for k in map(_kind, model.modules()) if k is not None}
 
@@ -177,9 +177,9 @@ def fine_tune(name: str, out_dir: str | os.PathLike, root: str | os.PathLike | N
     from matplotlib.figure import Figure
     from torch.utils.data import Subset
 
-    from attnzoo.evaluation import data_config
-    from attnzoo.training import evaluate_classifier, plot_curves, seed_everything, train_classifier
-    from attnzoo.viz import attention_maps, draw_maps, load_image
+    from attnzoo.apps.evaluation import data_config
+    from attnzoo.apps.training import evaluate_classifier, plot_curves, seed_everything, train_classifier
+    from attnzoo.apps.viz import attention_maps, draw_maps, load_image
     from attnzoo.zoo._registry import create_model
 
     out_dir = Path(out_dir)
