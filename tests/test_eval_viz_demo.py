@@ -1,4 +1,4 @@
-"""attnzoo.apps.evaluation (`attnzoo eval`), attnzoo.apps.viz (`attnzoo viz`) and attnzoo.apps.demo (`attnzoo demo`), on tiny
+"""attnzoo.apps.evaluation (`attnzoo eval`), viz (`attnzoo viz`) and demo (`attnzoo demo`), on tiny
 checkpoints published into a temporary hub and fake Fashion-MNIST files (no network, no real dataset)."""
 
 from pathlib import Path
