@@ -414,10 +414,13 @@ def _backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, kernel_size, di
 
 def neighborhood_attention_lowering(q: Tensor, k: Tensor, v: Tensor, kernel_size: Sequence[int],
                                     dilation: Sequence[int], stride: Sequence[int], is_causal: Sequence[bool],
-                                    rpb: Tensor, scale: float, path: str = "gather") -> Tensor:
+                                    rpb: Tensor, scale: float, path: str = "gather", *,
+                                    attn_dropout: float = 0.0) -> Tensor:
     """The same function in export-friendly ops (the ONNX lowering): every query's ``k^d`` keys gathered at once.
 
-    Memory is ``N * k^d * (D + Dv)`` (no chunks: a loop over symbolic sizes cannot be exported).
+    Memory is ``N * k^d * (D + Dv)`` (no chunks: a loop over symbolic sizes cannot be exported). It is differentiable
+    by autograd, and ``attn_dropout`` (off in the lowering) drops attention probabilities as NATTEN <= 0.15's
+    unfused ops let NAT do in training; the op itself has no dropout.
     """
     nd = q.dim() - 3
     heads, spatial = q.shape[-2], q.shape[1:-2]
@@ -457,6 +460,8 @@ def neighborhood_attention_lowering(q: Tensor, k: Tensor, v: Tensor, kernel_size
     if masks:
         logits = logits.masked_fill(~functools.reduce(torch.logical_and, masks), float("-inf"))
     probs = logits.flatten(nd + 2).softmax(-1).view(logits.shape)
+    if attn_dropout:
+        probs = torch.nn.functional.dropout(probs, attn_dropout)
     return torch.einsum(f"{w_sub},{n_sub}->{q_sub}", probs, neighbours(v))  # (B, *spatial, h, Dv)
 
 
