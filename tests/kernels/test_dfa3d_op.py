@@ -133,6 +133,8 @@ def _bad(*replacements):
     (_bad((2, lambda s: s.double())), r"spatial_shapes \(2, 2\) torch.float64: expected an integer dtype"),
     (_bad((3, lambda s: s + 1)), r"level_start_index \[1, 36\] must be the running start.*expected \[0, 35\]"),
     (_bad((2, lambda s: s[:1])), r"level_start_index \(2,\).*expected \(1,\)"),
+    # (-5, -7) holds as many keys as (5, 7): the product alone would pass
+    (_bad((2, lambda s: s * torch.tensor([[-1], [1]]))), r"spatial_shapes \[\[-5, -7\], \[3, 4\]\]: every level's"),
 ])
 def test_bad_input_raises_value_error(inputs, match):
     with pytest.raises(ValueError, match=match):
@@ -143,6 +145,8 @@ def test_bad_input_for_ms_deform_attn_and_backend():
     value, _, spatial_shapes, starts, locations, weights = make_inputs(bs=1, nq=2, num_points=2)
     with pytest.raises(ValueError, match=r"sampling_locations \(1, 2, 2, 2, 2, 3\).*num_points, 2\)"):
         ms_deform_attn(value, spatial_shapes, starts, locations, weights)
+    with pytest.raises(ValueError, match=r"spatial_shapes \[\[5, 7\], \[-3, -4\]\]: every level's \(h, w\) must be"):
+        ms_deform_attn(value, spatial_shapes * torch.tensor([[1], [-1]]), starts, locations[..., :2], weights)
     with pytest.raises(ValueError, match="backend='cuda' is not one of"):
         ms_deform_attn(value, spatial_shapes, starts, locations[..., :2], weights, backend="cuda")
     with pytest.raises(TypeError, match="value must be a torch.Tensor, got list"):
