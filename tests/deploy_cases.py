@@ -187,12 +187,12 @@ def layer_cases() -> list[Case]:
     ]
 
 
-def _zoo_names(names: list[str]) -> list[str]:
+def zoo_names(names: list[str]) -> list[str]:
     """The names attnzoo itself registers (not the suite's tiny test models, whichever test imported them first)."""
     entry = attnzoo.zoo._registry.model_entry
     return [n for n in names if entry(n).entrypoint.__module__.startswith("attnzoo.")]
 
 
 def all_cases() -> list[Case]:
-    return [*model_cases(_zoo_names(attnzoo.list_models())), *model_cases(_zoo_names(attnzoo.list_pretrained())),
+    return [*model_cases(zoo_names(attnzoo.list_models())), *model_cases(zoo_names(attnzoo.list_pretrained())),
             *layer_cases()]
