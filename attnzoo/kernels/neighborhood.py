@@ -323,11 +323,22 @@ def _gather_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, kernel_s
 # ---------------------------------------------------------------------------------------------------------------
 
 
+FLEX_MASK_CACHE = 64  # block masks kept (one per shape and window configuration)
+
+
 @functools.cache
 def _compiled_flex():
+    """FlexAttention compiled once per shape, in a region of its own.
+
+    Dynamo counts recompilations per code object: every ``torch.compile(flex_attention)`` in the process (the user's,
+    other libraries', earlier tests') shares ``flex_attention``'s default limit of 8, and past it dynamo silently runs
+    ``flex_attention`` eagerly, which is its dense O(N^2) math path under ``vmap`` (and fails inside opcheck's
+    schema-check mode). Isolated, with a limit of one compilation per cached block mask (and as many for the bias
+    variant), the shapes this op sees compile whatever else was compiled before.
+    """
     from torch.nn.attention.flex_attention import flex_attention
 
-    return torch.compile(flex_attention, dynamic=False)
+    return torch.compile(flex_attention, dynamic=False, recompile_limit=2 * FLEX_MASK_CACHE, isolate_recompiles=True)
 
 
 def _coords(index: Tensor, spatial: Sequence[int]) -> list[Tensor]:
@@ -339,7 +350,7 @@ def _coords(index: Tensor, spatial: Sequence[int]) -> list[Tensor]:
     return coords[::-1]
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=FLEX_MASK_CACHE)
 def _flex_block_mask(spatial: tuple[int, ...], kernel, dilation, stride, causal, device: torch.device):
     """NATTEN's mask as a FlexAttention BlockMask, built once per shape (and cached)."""
     from torch.nn.attention.flex_attention import create_block_mask

@@ -7,6 +7,7 @@ The oracle (``tests/na_oracle.py``) is NATTEN's reference mask transcribed with 
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import math
 import random
@@ -297,6 +298,23 @@ def test_gradcheck(spatial, kernel, dilation, stride, causal, bias):
         return neighborhood_attention(*tensors[:3], kernel, dilation, stride, causal, rpb, scale=0.8)
 
     assert torch.autograd.gradcheck(fn, leaves)
+
+
+def test_flex_compiles_past_dynamos_shared_recompile_limit(monkeypatch):
+    """Every ``torch.compile(flex_attention)`` in a process shares dynamo's recompile limit; past it dynamo ran
+    flex_attention eagerly: its dense math path under vmap, which broke opcheck after earlier flex tests. The op's
+    compiled region is its own: with the global limit at 1 and new shapes, the dense path is never taken."""
+    module = importlib.import_module("torch._higher_order_ops.flex_attention")  # the package re-exports the HOP
+
+    def dense(*args, **kwargs):
+        raise AssertionError("FlexAttention ran its dense eager path")
+
+    monkeypatch.setattr(module, "math_attention", dense)
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for length in (13, 14, 15):
+            q, k, v = _inputs((length,), dim=4, dim_v=4, dtype=torch.float32)
+            got = neighborhood_attention(q, k, v, 3, backend="flex")
+            torch.testing.assert_close(got, neighborhood_attention(q, k, v, 3, backend="torch"), rtol=0, atol=2e-6)
 
 
 @pytest.mark.parametrize("path", ["gather", "flex"])
