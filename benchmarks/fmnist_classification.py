@@ -12,6 +12,8 @@ of optimiser steps for every classification row. Rows:
 - ``azhalonet_h0`` with every width x0.375 (755k params, like the narrow ResNet-18) and 4-px blocks with a 1-px
   halo: at 28x28 the stage maps are 7, 4, 2 and 1 px, so the paper's 8-px blocks would make every layer one
   padded block;
+- ``nat_mini`` narrowed to C=32 and three levels of depths 2-2-4 (866k params, 3.3 MiB) with kernel 3: at 28x28
+  the tokenizer leaves a 7x7 map, on which NAT's kernel 7 would be global attention;
 - MK-UNet T / S / base on the silhouette segmentation task (Dice, IoU).
 
 MACs are attnzoo.profiling.count_macs at 1x1x28x28 (modules as ptflops counts them; work inside custom ops and
@@ -53,6 +55,9 @@ RUNS: list[tuple[str, str, dict[str, Any], list[str]]] = [
     ("ninformer_cifar (28x28, d=64)", "ninformer_cifar", {"img_size": 28, "embed_dim": 64, "d_ffn": 128}, []),
     ("azhalonet_h0 (x0.375 widths, b=4, h=1)", "azhalonet_h0",
      {"width_multiplier": 0.375, "block_size": 4, "halo_size": 1}, []),
+    ("nat_mini (C=32, depths 2-2-4, k=3)", "nat_mini",
+     {"embed_dim": 32, "depths": [2, 2, 4], "num_heads": [2, 4, 8], "mlp_ratio": 3.0, "kernel_size": 3,
+      "drop_path_rate": 0.1}, []),
     ("mkunet_t", "mkunet_t", {}, ["--in-chans", "3"]),
     ("mkunet_s", "mkunet_s", {}, ["--in-chans", "3"]),
     ("mkunet", "mkunet", {}, ["--in-chans", "3"]),
