@@ -18,8 +18,11 @@ status=0
 timeout 360 python3 benchmarks/kernels.py --device cuda || status=$?
 timeout 90 python3 benchmarks/graph_topm.py --device cuda --gpu-only || status=$?
 timeout 90 python3 benchmarks/vit_attention.py --device cuda --rounds 3 || status=$?
+# neighborhood_attention vs dense masked SDPA vs FlexAttention, bf16 fwd+bwd, NAT-Tiny stages (55 s: < 10 min total)
+timeout 55 python3 benchmarks/neighborhood.py --device cuda --repeat 10 || status=$?
 if [ -n "${OUT:-}" ]; then
     cp benchmarks/results/gpu-*.md benchmarks/results/graph_topm_cuda.md benchmarks/results/vit_attention_cuda.md \
+        benchmarks/results/neighborhood_nvidia-*.md \
         "$OUT"/ 2>/dev/null
 fi
 exit $status
