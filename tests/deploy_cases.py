@@ -157,6 +157,17 @@ class _TopMHarness(nn.Module):
         return self.conv(x, edge_index)
 
 
+class _NHWCHarness(nn.Module):
+    """NCHW in and out around a layer of (B, H, W, C) maps (NeighborhoodAttention2D takes NATTEN's layout)."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
 def _map_case(name: str, build, channels: int, size: int = 16) -> Case:
     return Case(name, build, _image_inputs(channels, (size, size), True, multiple=8), batch_dynamic(hw=(0,)))
 
@@ -171,6 +182,8 @@ def layer_cases() -> list[Case]:
         _map_case("layer:HaloAttention", lambda: layers.HaloAttention(c, num_heads=2, block_size=4, halo_size=1), c),
         _map_case("layer:HaloAttention(stride 2)",
                   lambda: layers.HaloAttention(c, 32, stride=2, num_heads=2, block_size=4, halo_size=1), c),
+        _map_case("layer:NeighborhoodAttention2D",
+                  lambda: _NHWCHarness(layers.NeighborhoodAttention2D(c, 2, 3, dilation=2, rel_pos_bias=True)), c),
         Case("layer:NiNBlock", lambda: layers.NiNBlock(c, seq_len=12),
              lambda batch, variant: (_randn(batch, 12, c, seed=variant),), batch_dynamic(), image_arg=None),
         Case("layer:TopMAttentionConv", lambda: _TopMHarness(layers.TopMAttentionConv(8, 16, m=4, heads=2)),
