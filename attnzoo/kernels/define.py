@@ -39,6 +39,7 @@ What a definition registers, and why:
   loops over sizes, no data-dependent shapes, no views that ONNX cannot express (``as_strided``), and no padding,
   splitting or slicing of symbolic sizes that would add guards. The fake is also registered as the op's Python
   meta, because FakeTensor otherwise prefers a table decomposition to an op's own fake under symbolic shapes.
+  ``torch.compile`` keeps the op too: Inductor is told to call it (an explicit fallback), not to decompose it.
 * FLOPs: ``flops(*shapes)`` (tensor arguments as shapes, others as values, in schema order) is registered with
   ``torch.utils.flop_counter.register_flop_formula``, so ``FlopCounterMode`` counts the op; the backward op counts
   ``backward_flops`` (default: twice the forward, the convention FlopCounterMode uses for matmuls).
@@ -47,12 +48,14 @@ What a definition registers, and why:
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch._decomp
+import torch._library.utils
 from torch.utils.flop_counter import register_flop_formula
 
 from attnzoo.kernels._dispatch import resolve_backend
@@ -248,13 +251,16 @@ def define_op(name: str, schema: str, *, reference: Callable[..., Any], fake: Ca
         return _laid_out(fn(*inputs), inputs, keep_layout)
 
     custom = torch.library.custom_op(op.qualname, forward_impl, mutates_args=(), schema=full_schema)
-    custom.register_fake(lambda *args: _laid_out(fake(*args[:-1]), args[:-1], keep_layout))
+    def traced(*args):
+        _declare_inductor_fallback(op)
+        return _laid_out(fake(*args[:-1]), args[:-1], keep_layout)
+
+    custom.register_fake(traced)
     _register_autocast_kernels(op, _LIBRARY)
     torch._decomp.register_decomposition(op.overload)(lambda *args: op.lowering(*args[:-1]))
     # FakeTensor prefers a decomposition over an op's fake under symbolic shapes, unless the op has a Python meta:
     # registering the fake as that meta keeps it the one shape rule (the lowering is for ONNX, not for tracing)
-    torch._decomp.register_decomposition(op.overload, type="meta")(
-        lambda *args: _laid_out(fake(*args[:-1]), args[:-1], keep_layout))
+    torch._decomp.register_decomposition(op.overload, type="meta")(traced)
     if flops is not None:
         register_flop_formula(getattr(torch.ops.attnzoo, name))(
             lambda *args, out_shape=None, **_: flops(*args[:-1]))
@@ -264,6 +270,23 @@ def define_op(name: str, schema: str, *, reference: Callable[..., Any], fake: Ca
                          backward_flops or (None if flops is None else lambda *a: 2 * flops(*a)))
     OPS[name] = op
     return op
+
+
+def _declare_inductor_fallback(op: Op) -> None:
+    """Tell Inductor, once it is loaded, to call the op (its fast kernel) rather than look for a lowering.
+
+    Inductor makes an implicit fallback for a custom op it has no lowering for, but when the environment variable
+    ``CI`` is set (as GitHub Actions and most CI services set it) it refuses an op that also has a decomposition
+    in ``torch._decomp``'s table, which ours have for ONNX. An explicit fallback with the layout constraint the
+    implicit one would take is what Inductor does for its own allow-listed ops (``torchvision::roi_align``).
+    Called from the fake, which runs while AOTAutograd traces for Inductor, i.e. after Inductor's lowering module
+    is imported and before it lowers the graph; importing that module here instead would cost ~2 s per import.
+    """
+    lowering = sys.modules.get("torch._inductor.lowering")
+    if lowering is None or op.overload in lowering.lowerings:
+        return
+    tag = torch._library.utils.get_layout_constraint_tag(op.overload, with_default=True)
+    lowering.make_fallback(op.overload, layout_constraint=lowering.tag_to_layout_constraint(tag), warn=False)
 
 
 def _define_backward(op: Op, custom: Any, backward: Callable[..., Sequence[torch.Tensor]],

@@ -231,3 +231,32 @@ def test_definition_errors_name_what_is_wrong():
                   backward=reference, grads_for=("y",))
     with pytest.raises(ValueError, match="not of the form"):
         define_op("aztest_bad_schema", "Tensor x -> Tensor", reference=reference, fake=reference)
+
+
+_COMPILE_UNDER_CI = """
+import sys
+sys.path[:0] = [{tests!r}, {here!r}]
+import torch
+from test_define import SAMPLES
+from attnzoo.kernels.define import OPS
+for name, makers in SAMPLES.items():
+    args = makers[0]()
+    compiled = torch.compile(lambda *a: OPS[name](*a, backend="torch"), fullgraph=True)
+    torch.testing.assert_close(compiled(*args), OPS[name](*args, backend="torch"), msg=name)
+"""
+
+
+def test_every_op_compiles_with_inductor_when_the_ci_variable_is_set():
+    """With ``CI`` set (GitHub Actions sets it), Inductor refuses an implicit fallback for an op that has a table
+    decomposition; every op must still compile to a call of itself. A fresh process, so that no fallback is left
+    over from another test, and no cache: a cached graph skips the lowering step that checks."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    script = _COMPILE_UNDER_CI.format(tests=str(here.parent), here=str(here))
+    env = {**os.environ, "CI": "1", "TORCHINDUCTOR_FORCE_DISABLE_CACHES": "1"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
