@@ -19,7 +19,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 SMOKE = dict(train_subset=48, val_subset=16, batch_size=8, max_steps=2, epochs=1)
 
 
-def add_common_args(parser: argparse.ArgumentParser, epochs: int, lr: float, batch_size: int) -> None:
+def add_common_args(parser: argparse.ArgumentParser, epochs: int, lr: float, batch_size: int, out: str) -> None:
     parser.add_argument("--epochs", type=int, default=epochs)
     parser.add_argument("--lr", type=float, default=lr, help="peak AdamW learning rate")
     parser.add_argument("--batch-size", type=int, default=batch_size)
@@ -28,7 +28,8 @@ def add_common_args(parser: argparse.ArgumentParser, epochs: int, lr: float, bat
     parser.add_argument("--train-subset", type=int, default=None, help="train on the first N of a seeded shuffle")
     parser.add_argument("--val-subset", type=int, default=None, help="validate on the first N of a seeded shuffle")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
-    parser.add_argument("--out", type=Path, required=True, help="folder for the checkpoint, metrics.csv, curves.png")
+    parser.add_argument("--out", type=Path, default=Path(out),
+                        help="folder for the checkpoint, metrics.csv, curves.png")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
     parser.add_argument("--smoke", action="store_true", help="a few steps on a few images (used by the tests)")
@@ -42,6 +43,47 @@ def apply_smoke(args: argparse.Namespace) -> argparse.Namespace:
             setattr(args, key, value if current is None else min(current, value))
         args.progress = False
     return args
+
+
+def smoke_default(parser: argparse.ArgumentParser, args: argparse.Namespace, name: str,
+                  value: Callable[[], Any]) -> None:
+    """Fill the flag ``--name`` left unset: with ``value()`` under --smoke, else stop with argparse's error."""
+    if getattr(args, name) is not None:
+        return
+    if not args.smoke:
+        parser.error(f"--{name} is required (only --smoke runs without it)")
+    setattr(args, name, value())
+
+
+def write_smoke_images(masks: bool = False, classes: int = 3, per_class: int = 16) -> Path:
+    """Tiny seeded RGB images in a new temporary folder, for --smoke runs given no --data.
+
+    ``masks=False``: an ImageFolder (one sub-folder per class, the class's colour channel brightened);
+    ``masks=True``: ``images/`` + ``masks/`` pairs (a bright square on a dark background, its mask).
+    """
+    import tempfile
+
+    import numpy as np
+    from PIL import Image
+
+    root = Path(tempfile.mkdtemp(prefix="attnzoo-smoke-"))
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        for i in range(per_class):
+            pixels = rng.integers(0, 60, (24, 24, 3), dtype=np.uint8)
+            if masks:
+                top, left = rng.integers(2, 12, 2)
+                pixels[top:top + 10, left:left + 10] += 150
+                mask = np.zeros((24, 24), dtype=np.uint8)
+                mask[top:top + 10, left:left + 10] = 255
+                for folder, array in (("images", pixels), ("masks", mask)):
+                    (root / folder).mkdir(exist_ok=True)
+                    Image.fromarray(array).save(root / folder / f"{c}_{i}.png")
+            else:
+                pixels[:, :, c] += 150
+                (root / f"class{c}").mkdir(exist_ok=True)
+                Image.fromarray(pixels).save(root / f"class{c}" / f"{i}.png")
+    return root
 
 
 def json_kwargs(text: str | None) -> dict[str, Any]:

@@ -9,7 +9,7 @@ and validation IoU per run) and ``curves.png`` into ``--out``, and with ``--reco
 ``benchmarks/results/bev_iou.md``.
 
     python examples/bev_dfa3d_vs_2d.py --out runs/bev            # about 10 min on 2 CPU cores
-    python examples/bev_dfa3d_vs_2d.py --out runs/bev --smoke     # seconds: 2 steps per run, tiny data
+    python examples/bev_dfa3d_vs_2d.py --smoke                     # seconds: 2 steps per run, tiny data
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ RESULTS = ROOT / "benchmarks" / "results" / "bev_iou.md"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="folder for metrics.csv and curves.png")
+    parser.add_argument("--out", type=Path, default=Path("runs/bev_dfa3d_vs_2d"),
+                        help="folder for metrics.csv and curves.png")
     parser.add_argument("--steps", type=int, default=250, help="optimiser steps per run")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=3e-3, help="peak AdamW learning rate (cosine decay)")

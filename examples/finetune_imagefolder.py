@@ -26,6 +26,8 @@ from _common import (  # noqa: E402
     json_kwargs,
     pil_to_tensor,
     seeded_subset,
+    smoke_default,
+    write_smoke_images,
 )
 
 from attnzoo.apps.evaluation import data_config  # noqa: E402
@@ -33,19 +35,23 @@ from attnzoo.apps.evaluation import data_config  # noqa: E402
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="attnzoo classifier, 'arch.tag' for a published checkpoint")
+    parser.add_argument("--model", default=None,
+                        help="attnzoo classifier, 'arch.tag' for a published checkpoint (--smoke: ela_resnet18.fmnist)")
     parser.add_argument("--model-kwargs", default=None, help="JSON object of extra create_model arguments")
-    parser.add_argument("--data", type=Path, required=True, help="ImageFolder root")
+    parser.add_argument("--data", type=Path, default=None, help="ImageFolder root (--smoke: tiny generated images)")
     parser.add_argument("--val-fraction", type=float, default=0.2, help="used when --data has no train/ and val/")
     parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
                         help="start from the hub checkpoint (--no-pretrained: random initialisation)")
-    add_common_args(parser, epochs=3, lr=1e-3, batch_size=32)
+    add_common_args(parser, epochs=3, lr=1e-3, batch_size=32, out="runs/finetune_imagefolder")
     return parser
 
 
 def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None) -> dict[str, Any]:
     """Fine-tune and save with ``attnzoo.save_pretrained`` (rank 0 under torchrun); returns the final metrics."""
-    args = apply_smoke((parser or build_parser()).parse_args(argv))
+    parser = parser or build_parser()
+    args = apply_smoke(parser.parse_args(argv))
+    smoke_default(parser, args, "model", lambda: "ela_resnet18.fmnist")
+    smoke_default(parser, args, "data", write_smoke_images)
     import torch.distributed as dist
 
     import attnzoo

@@ -18,19 +18,29 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ImageMaskFolder, add_common_args, apply_smoke, seeded_subset, split_train_val  # noqa: E402
+from _common import (  # noqa: E402
+    ImageMaskFolder,
+    add_common_args,
+    apply_smoke,
+    seeded_subset,
+    smoke_default,
+    split_train_val,
+    write_smoke_images,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="mkunet_t", help="mkunet, mkunet_s or mkunet_t (optionally .tag)")
-    parser.add_argument("--data", type=Path, required=True, help="folder with images/ and masks/")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="folder with images/ and masks/ (--smoke: tiny generated pairs)")
     parser.add_argument("--val-fraction", type=float, default=0.2)
     parser.add_argument("--in-chans", type=int, default=3, choices=(1, 3), help="read images as gray or RGB")
     parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
                         help="start from the published checkpoint (default: when one exists)")
-    add_common_args(parser, epochs=20, lr=2e-3, batch_size=8)
+    add_common_args(parser, epochs=20, lr=2e-3, batch_size=8, out="runs/finetune_mkunet")
     args = apply_smoke(parser.parse_args(argv))
+    smoke_default(parser, args, "data", lambda: write_smoke_images(masks=True))
     import attnzoo
     from attnzoo.apps.training import seed_everything, train_segmenter
     from attnzoo.zoo._registry import model_task, split_name

@@ -25,6 +25,8 @@ from _common import (  # noqa: E402
     image_folder_splits,
     pil_to_tensor,
     seeded_subset,
+    smoke_default,
+    write_smoke_images,
 )
 
 from attnzoo.apps.evaluation import data_config  # noqa: E402
@@ -89,12 +91,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--attention", choices=("ela", "ulsam"), default="ela")
     parser.add_argument("--ela-variant", default="B", help="ELA variant T, B, S or L")
     parser.add_argument("--ulsam-splits", type=int, default=4, help="ULSAM subspaces (must divide the channels)")
-    parser.add_argument("--data", type=Path, required=True, help="ImageFolder root (train/ + val/, or one folder)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="ImageFolder root (train/ + val/, or one folder; --smoke: tiny generated images)")
     parser.add_argument("--val-fraction", type=float, default=0.2)
     parser.add_argument("--timm-weights", action=argparse.BooleanOptionalAction, default=None,
                         help="load timm's hub weights (default: when not offline)")
-    add_common_args(parser, epochs=3, lr=1e-3, batch_size=32)
+    add_common_args(parser, epochs=3, lr=1e-3, batch_size=32, out="runs/insert_attention_timm")
     args = apply_smoke(parser.parse_args(argv))
+    smoke_default(parser, args, "data", write_smoke_images)
     from safetensors.torch import save_file
 
     from attnzoo.apps.training import seed_everything, train_classifier

@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--compile", action="store_true", help="train the torch.compile'd hetero model")
     parser.add_argument("--fmnist-root", type=Path, default=None, help="folder with the Fashion-MNIST idx files")
     parser.add_argument("--data-cache", type=Path, default=None, help="folder of the cached superpixel graphs")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, default=Path("runs/tangnn_hetero"))
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     parser.add_argument("--smoke", action="store_true", help="20 images, 2 epochs, a tiny model (tests)")
     args = parser.parse_args(argv)

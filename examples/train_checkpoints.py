@@ -49,7 +49,8 @@ GRAPH_RUNS = (("karate", 100, ["--layers", "3"]), ("fmnist_knn", 60, []))
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=(*TASKS, "all"), default="all")
-    parser.add_argument("--out", type=Path, required=True, help="one save_pretrained folder per checkpoint goes here")
+    parser.add_argument("--out", type=Path, default=Path("runs/train_checkpoints"),
+                        help="one save_pretrained folder per checkpoint goes here")
     parser.add_argument("--data-root", type=Path, default=None, help="folder with the Fashion-MNIST idx files")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true", help="a step or two per model on tiny data (for tests)")

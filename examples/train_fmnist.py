@@ -24,19 +24,22 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import add_common_args, apply_smoke, json_kwargs, seeded_subset  # noqa: E402
+from _common import add_common_args, apply_smoke, json_kwargs, seeded_subset, smoke_default  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="a registered classification/segmentation model or timm:NAME")
+    parser.add_argument("--model", default=None,
+                        help="a registered classification/segmentation model or timm:NAME (--smoke: ela_resnet18)")
     parser.add_argument("--model-kwargs", default=None, help="JSON object of extra create_model arguments")
     parser.add_argument("--in-chans", type=int, default=1, help="channels fed to the model (the image repeated)")
     parser.add_argument("--data-root", type=Path, default=None, help="folder with the Fashion-MNIST idx files")
     parser.add_argument("--save-dtype", choices=("float32", "float16"), default="float32",
                         help="dtype of the stored weights (metrics are measured with the stored weights)")
-    add_common_args(parser, epochs=2, lr=2e-3, batch_size=128)
-    return apply_smoke(parser.parse_args(argv))
+    add_common_args(parser, epochs=2, lr=2e-3, batch_size=128, out="runs/train_fmnist")
+    args = apply_smoke(parser.parse_args(argv))
+    smoke_default(parser, args, "model", lambda: "ela_resnet18")
+    return args
 
 
 def build(name: str, num_classes: int, in_chans: int, kwargs: dict[str, Any]) -> tuple[Any, str]:

@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--weight-decay", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--root", type=Path, default=None, help="Fashion-MNIST folder (fashion-mnist-knn)")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, default=Path("runs/train_tangnn"))
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     parser.add_argument("--smoke", action="store_true", help="KarateClub, 5 epochs (used by the tests)")
     args = parser.parse_args(argv)

@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--data-cache", type=Path, default=None,
                         help="folder of the cached graphs (default $ATTNZOO_CACHE/datasets/fmnist_superpixels)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, default=Path("runs/train_tangnn_graph"))
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     parser.add_argument("--smoke", action="store_true", help="30 + 8 images, 2 epochs, a tiny model (tests)")
     args = parser.parse_args(argv)
