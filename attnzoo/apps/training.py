@@ -84,7 +84,7 @@ def _default_device(model: nn.Module) -> torch.device:
 
 
 def top1_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Percentage of rows whose arg-max equals the label.
+    """Percentage of rows whose top-scoring class is the label (``timm.utils.accuracy``).
 
     Shapes:
         logits: (N, num_classes); labels: (N,).
@@ -93,7 +93,9 @@ def top1_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
         raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)}: expected (N, C) and (N,)")
     if logits.shape[0] == 0:
         raise ValueError("top1_accuracy of an empty batch is undefined")
-    return 100.0 * (logits.argmax(dim=1) == labels).float().mean().item()
+    from timm.utils import accuracy
+
+    return accuracy(logits, labels, topk=(1,))[0].item()
 
 
 def _binarise(logits: torch.Tensor) -> torch.Tensor:
@@ -104,21 +106,20 @@ def _binarise(logits: torch.Tensor) -> torch.Tensor:
 
 
 def dice_iou(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image Dice and IoU (percent) of boolean masks; both empty scores 100.
+    """Per-image Dice and IoU (percent) of boolean masks; both empty scores 100 (``smp.metrics``, in float64).
 
     Shapes:
         pred, target: (N, H, W) bool (or (N, 1, H, W)). Returns two (N,) float tensors.
     """
     if pred.shape != target.shape:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape")
-    pred = pred.bool().flatten(1)  # (N, H*W)
-    target = target.bool().flatten(1)  # (N, H*W)
-    inter = (pred & target).sum(1).double()
-    total = pred.sum(1).double() + target.sum(1).double()
-    union = total - inter
-    empty = total == 0
-    dice = torch.where(empty, 1.0, 2 * inter / total.clamp_min(1))
-    iou = torch.where(empty, 1.0, inter / union.clamp_min(1))
+    from segmentation_models_pytorch import metrics
+
+    # (N, 1) counts per image; zero_division=1 scores an image with no foreground in either mask 100
+    stats = [t.double() for t in metrics.get_stats(pred.flatten(1).long().unsqueeze(1),
+                                                   target.flatten(1).long().unsqueeze(1), mode="binary")]
+    dice = metrics.f1_score(*stats, reduction=None, zero_division=1.0)[:, 0]
+    iou = metrics.iou_score(*stats, reduction=None, zero_division=1.0)[:, 0]
     return 100.0 * dice, 100.0 * iou
 
 
@@ -166,7 +167,7 @@ def evaluate_classifier(model: nn.Module, dataset: Dataset, batch_size: int = 25
     loss_sum = compute_s = 0.0
     for logits, labels, seconds in _eval_outputs(model, dataset, batch_size, device, progress, "classification"):
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-        correct += (logits.argmax(1) == labels).sum().item()
+        correct += round(top1_accuracy(logits, labels) * labels.numel() / 100)
         seen += labels.numel()
         compute_s += seconds
     if seen == 0:
