@@ -186,10 +186,19 @@ def test_run_demo_evaluates_fine_tunes_and_draws(root, hub_dir, tmp_path):
     (row,) = result["evaluated"]
     assert row["model"] == "ela_resnet18.tiny" and row["top1"] == pytest.approx(top1)
     assert row["published top1"] == round(top1, 2) and row["params"] == sum(p.numel() for p in model.parameters())
+    assert row["attention"] == "ELA"  # the attnzoo layer in the model, by its public name
     tuned = result["fine_tuned"]
     assert tuned["before"] == pytest.approx(top1) and tuned["result"].steps == 1
     assert tuned["png"].read_bytes()[:4] == b"\x89PNG" and (tmp_path / "demo" / "finetune" / "metrics.csv").is_file()
     assert (tmp_path / "demo" / "demo_table.md").read_text().startswith("| model ")
+
+
+@pytest.mark.parametrize("name, layers", [("ela_resnet18", "ELA"), ("nat_mini", "NeighborhoodAttention2D"),
+                                          ("minimal_vit_small_patch16_224", "MinimalAttention+MinimalBlock"),
+                                          ("moh_vit_small_patch16_224_75", "MoHAttention")])
+def test_demo_names_the_attention_layers_of_every_kind_of_model(name, layers):
+    model = attnzoo.create_model(name, num_classes=10)
+    assert "+".join(sorted(demo._attention_layers(model))) == layers
 
 
 def test_run_demo_without_checkpoints_falls_back_to_forward_passes(hub_dir, monkeypatch, capsys):
