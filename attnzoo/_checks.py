@@ -1,13 +1,50 @@
 """Input checks shared by layers and ops: bad input gets a ValueError naming the argument, the value and the fix.
 
-The checks read shapes, so ``torch.fx`` cannot trace through them; :mod:`attnzoo.layers` registers each of them
+Constructor arguments go through :func:`check_int` (every layer and model's int hyper-parameters) and
+:func:`check_act_layer` (activation names resolved by timm's factory); tensors through the ``check_*`` shape checks.
+
+The tensor checks read shapes, so ``torch.fx`` cannot trace through them; :mod:`attnzoo.layers` registers each of them
 with timm's ``register_notrace_function``, so that timm's FX feature extraction keeps them as leaf calls (they still
 run on the real tensors when the traced model does).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+
+
+def check_int(name: str, value: object, minimum: int = 1, where: str | None = None) -> int:
+    """Return ``value`` if it is an int >= ``minimum``: a TypeError for anything else (bools included), a ValueError
+    below the minimum; the message names the argument, the value and what was expected. ``where`` prefixes it."""
+    prefix = f"{where}: " if where else ""
+    expected = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{prefix}{name} must be {expected}, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{prefix}{name} must be {expected}, got {value!r}")
+    return value
+
+
+def check_act_layer(act_layer: Any, where: str | None = None) -> Any:
+    """timm's activation class for ``act_layer``: a name timm's ``get_act_layer`` knows, or a module class/factory.
+
+    A ValueError for an unknown name and a TypeError for anything else, instead of timm's KeyError or a call failing
+    later; pass the result to ``timm.layers.create_act_layer``.
+    """
+    from timm.layers import get_act_layer  # timm is imported by the layers anyway; not by modules that only check
+
+    prefix = f"{where}: " if where else ""
+    if isinstance(act_layer, str):
+        try:
+            return get_act_layer(act_layer)
+        except KeyError:
+            raise ValueError(f"{prefix}act_layer={act_layer!r} is not an activation name of timm's get_act_layer "
+                             "(e.g. 'relu', 'relu6', 'gelu', 'silu', 'hard_swish') nor an nn.Module class") from None
+    if callable(act_layer):  # an nn.Module class or a factory such as functools.partial(nn.LeakyReLU, 0.2)
+        return act_layer
+    raise TypeError(f"{prefix}act_layer must be an activation name or an nn.Module class, got {act_layer!r}")
 
 
 def check_nchw(x: torch.Tensor, channels: int | None = None, where: str | None = None, name: str = "x") -> None:

@@ -29,15 +29,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from attnzoo._checks import check_nchw
-from attnzoo.layers.mkdc import (
-    MKIR,
-    ChannelAttention,
-    GroupedAttentionGate,
-    SpatialAttention,
-    init_authors,
-)
+from attnzoo._checks import check_int, check_nchw
+from attnzoo.layers.attention_gate import GroupedAttentionGate
+from attnzoo.layers.cbam import ChannelAttention, SpatialAttention
+from attnzoo.layers.mkdc import MKIR
 from attnzoo.layers.scripting import NotScriptable
+from attnzoo.layers.weight_init import init_mkunet_weights
 from attnzoo.zoo._registry import register_model
 
 MKUNET_CHANNELS = {
@@ -52,8 +49,7 @@ def mkir_stage(in_channels: int, out_channels: int, depth: int, expansion_factor
                kernel_sizes: Sequence[int], device: torch.device | str | None = None,
                dtype: torch.dtype | None = None) -> nn.Sequential:
     """``depth`` stride-1 MKIR blocks, the first one changing the width (the authors' ``mk_irb_bottleneck``)."""
-    if not isinstance(depth, int) or depth < 1:
-        raise ValueError(f"every stage depth must be a positive int, got {depth!r}")
+    check_int("depth", depth, where="mkir_stage")
     return nn.Sequential(*(
         MKIR(in_channels if i == 0 else out_channels, out_channels, 1, expansion_factor, kernel_sizes,
              device=device, dtype=dtype)
@@ -105,9 +101,8 @@ class MKUNet(NotScriptable, nn.Module):
                  deep_supervision: bool = False, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        for name, value in (("num_classes", num_classes), ("in_chans", in_chans)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_int("num_classes", num_classes)
+        check_int("in_chans", in_chans)
         channels, depths = _check_channels(channels, depths)
         ca_ratios = tuple(ca_ratios)
         if len(ca_ratios) != 5:
@@ -134,7 +129,7 @@ class MKUNet(NotScriptable, nn.Module):
         )
 
     def reset_parameters(self) -> None:
-        init_authors(self)
+        init_mkunet_weights(self)
         # the authors leave the four 1x1 heads at PyTorch's default initialisation
         for head in (self.out1, self.out2, self.out3, self.out4):
             head.reset_parameters()
