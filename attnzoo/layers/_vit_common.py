@@ -21,14 +21,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import maybe_add_mask, resolve_self_attn_mask
 
-__all__ = ["ConfigurableLayer", "ConfiguredLayerType", "attend", "check_choice", "check_heads", "check_int",
-           "check_probability", "configured_class", "refuse_flag", "reset_children", "sdpa_product_macs"]
+from attnzoo._checks import check_int
 
-
-def check_int(owner: str, name: str, value: object, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{owner}: {name}={value!r}, expected an int >= {minimum}")
-    return value
+__all__ = ["ConfigurableLayer", "ConfiguredLayerType", "attend", "check_choice", "check_heads", "check_probability",
+           "configured_class", "refuse_flag", "sdpa_product_macs"]
 
 
 def check_probability(owner: str, name: str, value: object) -> float:
@@ -45,10 +41,10 @@ def check_choice(owner: str, name: str, value: object, choices: tuple[str, ...],
 
 def check_heads(owner: str, dim: object, num_heads: object, head_dim: object = None) -> int:
     """The per-head width: ``head_dim`` if given, else ``dim // num_heads`` (which must divide exactly)."""
-    check_int(owner, "dim", dim, 1)
-    check_int(owner, "num_heads", num_heads, 1)
+    check_int("dim", dim, where=owner)
+    check_int("num_heads", num_heads, where=owner)
     if head_dim is not None:
-        return check_int(owner, "attn_head_dim", head_dim, 1)
+        return check_int("attn_head_dim", head_dim, where=owner)
     if dim % num_heads:
         raise ValueError(f"{owner}: dim={dim} is not divisible by num_heads={num_heads}; the head width is "
                          f"dim / num_heads (or pass attn_head_dim)")
@@ -59,15 +55,6 @@ def refuse_flag(owner: str, name: str, value: object, why: str) -> None:
     """A timm Block argument the method has no counterpart for: accepted at its neutral value only."""
     if value:
         raise ValueError(f"{owner}: {name}={value!r} is not supported: {why}")
-
-
-def reset_children(module: nn.Module) -> None:
-    # a child with its own reset_parameters resets its whole subtree; containers without one are walked into
-    for child in module.children():
-        if hasattr(child, "reset_parameters"):
-            child.reset_parameters()
-        else:
-            reset_children(child)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, fused: bool, attn_drop: nn.Dropout,

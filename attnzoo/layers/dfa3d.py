@@ -34,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from attnzoo._checks import check_int
 from attnzoo.kernels.dfa3d import deform_attn_3d, ms_deform_attn
 from attnzoo.layers.scripting import NotScriptable
 
@@ -42,12 +43,6 @@ __all__ = ["DeformableAttention3D", "DepthHead", "MultiScaleDeformableAttention"
 
 
 # --------------------------------------------------------------------------------------------- helpers
-
-
-def _positive(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def num_depth_bins(depth_bound: tuple[float, float, float]) -> int:
@@ -163,10 +158,10 @@ class MultiScaleDeformableAttention(NotScriptable, nn.Module):
                  dropout: float = 0.1, device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         factory = dict(device=device, dtype=dtype)
-        self.embed_dims = _positive("embed_dims", embed_dims)
-        self.num_heads = _positive("num_heads", num_heads)
-        self.num_levels = _positive("num_levels", num_levels)
-        self.num_points = _positive("num_points", num_points)
+        self.embed_dims = check_int("embed_dims", embed_dims)
+        self.num_heads = check_int("num_heads", num_heads)
+        self.num_levels = check_int("num_levels", num_levels)
+        self.num_points = check_int("num_points", num_points)
         if embed_dims % num_heads:
             raise ValueError(f"embed_dims={embed_dims} must be divisible by num_heads={num_heads}")
         samples = num_heads * num_levels * num_points
@@ -310,7 +305,7 @@ class DepthHead(nn.Module):
         super().__init__()
         factory = dict(device=device, dtype=dtype)
         hidden = hidden or in_channels
-        self.in_channels, self.num_bins, self.hidden = in_channels, _positive("num_bins", num_bins), hidden
+        self.in_channels, self.num_bins, self.hidden = in_channels, check_int("num_bins", num_bins), hidden
         self.reduce = nn.Sequential(nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False, **factory),
                                     nn.BatchNorm2d(hidden, **factory), nn.ReLU(inplace=True))
         self.classify = nn.Conv2d(hidden, num_bins, 1, **factory)
@@ -373,7 +368,7 @@ class MultiViewLifting(NotScriptable, nn.Module):
         if len(bev_size) != 2:
             raise ValueError(f"bev_size={bev_size!r}: expected (bev_h, bev_w)")
         self.embed_dims, self.bev_size, self.pc_range = embed_dims, tuple(bev_size), tuple(pc_range)
-        self.num_anchors = _positive("num_anchors", num_anchors)
+        self.num_anchors = check_int("num_anchors", num_anchors)
         self.depth_bound, self.attention = tuple(depth_bound), attention
         if num_points % num_anchors:
             raise ValueError(f"num_points={num_points} must be divisible by num_anchors={num_anchors}")

@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from attnzoo._checks import check_nchw
+from attnzoo._checks import check_int, check_nchw
 from attnzoo.kernels.ela import ela_gate
 from attnzoo.layers.scripting import NotScriptable
 
@@ -46,12 +46,6 @@ ELA_VARIANTS: dict[str, tuple[int, int | None, int]] = {
 def _largest_divisor(n: int, at_most: int) -> int:
     """Largest d <= at_most with n % d == 0 (at least 1)."""
     return next(d for d in range(min(n, max(at_most, 1)), 0, -1) if n % d == 0)
-
-
-def _positive_int(value: object, name: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"ELA: {name} must be a positive int, got {value!r}")
-    return value
 
 
 class ELA(NotScriptable, nn.Module):
@@ -82,19 +76,19 @@ class ELA(NotScriptable, nn.Module):
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         dd = {"device": device, "dtype": dtype}
-        channels = _positive_int(channels, "channels")
+        channels = check_int("channels", channels, where="ELA")
         if variant not in ELA_VARIANTS:
             raise ValueError(f"ELA: variant must be one of {sorted(ELA_VARIANTS)}, got {variant!r}")
         default_k, per_group, default_norm_groups = ELA_VARIANTS[variant]
-        kernel_size = _positive_int(default_k if kernel_size is None else kernel_size, "kernel_size")
+        kernel_size = check_int("kernel_size", default_k if kernel_size is None else kernel_size, where="ELA")
         if kernel_size % 2 == 0:
             raise ValueError(f"ELA: kernel_size must be odd (padding k // 2 keeps the strip length), "
                              f"got {kernel_size}")
         if groups is None:
             groups = channels if per_group is None else max(channels // per_group, 1)
-        self.requested_groups = _positive_int(groups, "groups")
-        self.requested_norm_groups = _positive_int(
-            default_norm_groups if norm_groups is None else norm_groups, "norm_groups")
+        self.requested_groups = check_int("groups", groups, where="ELA")
+        self.requested_norm_groups = check_int(
+            "norm_groups", default_norm_groups if norm_groups is None else norm_groups, where="ELA")
         self.channels = channels
         self.variant = variant
         self.kernel_size = kernel_size

@@ -46,8 +46,8 @@ from attnzoo.layers._vit_common import (
     check_heads,
     check_probability,
     refuse_flag,
-    reset_children,
 )
+from attnzoo.layers.weight_init import reset_children
 
 __all__ = ["FlowAttention", "flow_attention"]
 

@@ -44,10 +44,10 @@ from attnzoo.layers._vit_common import (
     check_choice,
     check_heads,
     check_probability,
-    reset_children,
     sdpa_product_macs,
 )
 from attnzoo.layers.scripting import NotScriptable
+from attnzoo.layers.weight_init import reset_children
 
 __all__ = ["GATE_VARIANTS", "GatedAttention", "gated_attention_state_dict_from_qwen3"]
 

@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 from timm.layers import make_divisible, trunc_normal_
 
-from attnzoo._checks import check_nchw
+from attnzoo._checks import check_int, check_nchw
 from attnzoo.kernels.halo import halo_attention
 from attnzoo.layers.scripting import NotScriptable
 
@@ -108,10 +108,8 @@ class HaloAttention(NotScriptable, nn.Module):
         dim_out = dim_out or dim
         for name, value in (("dim", dim), ("dim_out", dim_out), ("num_heads", num_heads),
                             ("block_size", block_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if isinstance(halo_size, bool) or not isinstance(halo_size, int) or halo_size < 0:
-            raise ValueError(f"halo_size must be an int >= 0, got {halo_size!r}")
+            check_int(name, value)
+        check_int("halo_size", halo_size, minimum=0)
         if dim_out % num_heads:
             raise ValueError(f"dim_out={dim_out} must be divisible by num_heads={num_heads}")
         if stride not in (1, 2):

@@ -54,10 +54,10 @@ from attnzoo.layers._vit_common import (
     check_heads,
     check_probability,
     refuse_flag,
-    reset_children,
     sdpa_product_macs,
 )
 from attnzoo.layers.scripting import NotScriptable
+from attnzoo.layers.weight_init import reset_children
 
 __all__ = ["MinimalAttention", "MinimalBlock", "QK_FORMS", "VO_FORMS"]
 

@@ -53,16 +53,16 @@ import torch
 import torch.nn as nn
 from timm.layers import use_fused_attn
 
+from attnzoo._checks import check_int
 from attnzoo.layers._vit_common import (
     ConfigurableLayer,
     attend,
     check_heads,
-    check_int,
     check_probability,
-    reset_children,
     sdpa_product_macs,
 )
 from attnzoo.layers.scripting import NotScriptable
+from attnzoo.layers.weight_init import reset_children
 
 __all__ = ["MoHAttention", "moh_default_split", "moh_head_gates", "moh_load_balance_loss"]
 
@@ -181,13 +181,13 @@ class MoHAttention(NotScriptable, ConfigurableLayer, nn.Module):
         super().__init__()
         owner = "MoHAttention"
         head_dim = check_heads(owner, dim, num_heads, attn_head_dim)
-        check_int(owner, "shared_heads", num_heads // 2 if shared_heads is None else shared_heads, 0)
+        check_int("shared_heads", num_heads // 2 if shared_heads is None else shared_heads, 0, owner)
         shared, default_routed = moh_default_split(num_heads, shared_heads)
         if shared > num_heads:
             raise ValueError(f"{owner}: shared_heads={shared} exceeds num_heads={num_heads}; shared heads are a "
                              f"subset of the heads")
         routed = default_routed if routed_heads is None else routed_heads
-        check_int(owner, "routed_heads", routed, 0)
+        check_int("routed_heads", routed, 0, owner)
         if routed > num_heads - shared:
             raise ValueError(f"{owner}: routed_heads={routed} (top-k) exceeds the {num_heads - shared} routed heads "
                              f"(num_heads={num_heads} - shared_heads={shared})")

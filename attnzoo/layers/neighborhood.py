@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module, trunc_normal_
 
+from attnzoo._checks import check_int
 from attnzoo.kernels.neighborhood import neighborhood_attention, neighborhood_attention_lowering
 from attnzoo.layers.scripting import NotScriptable
 
@@ -78,8 +79,7 @@ class NeighborhoodAttention2D(NotScriptable, nn.Module):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         for name, value in (("dim", dim), ("num_heads", num_heads)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            check_int(name, value)
         if dim % num_heads:
             raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
         self.kernel_size = _pair(kernel_size, "kernel_size", int)

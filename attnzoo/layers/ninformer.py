@@ -25,30 +25,16 @@ import torch
 import torch.nn as nn
 from timm.layers import DropPath, Mlp
 
-from attnzoo._checks import check_tokens
+from attnzoo._checks import check_int, check_tokens
 from attnzoo.layers.scripting import NotScriptable
+from attnzoo.layers.weight_init import reset_children
 
 __all__ = ["MixerGatingUnit", "MixerLayer", "NiNBlock"]
-
-
-def _check_positive(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"NiNBlock: {name} must be a positive int, got {value!r}")
 
 
 def _check_probability(name: str, value: object) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
         raise ValueError(f"NiNBlock: {name} must be a float in [0, 1), got {value!r}")
-
-
-def _reset_children(module: nn.Module) -> None:
-    # A child with its own reset_parameters resets its whole subtree; containers without one (timm's Mlp) are
-    # walked into.
-    for child in module.children():
-        if hasattr(child, "reset_parameters"):
-            child.reset_parameters()
-        else:
-            _reset_children(child)
 
 
 class MixerLayer(nn.Module):
@@ -81,7 +67,7 @@ class MixerLayer(nn.Module):
         self.mlp_channels = Mlp(dim, channel_hidden, act_layer=act_layer, drop=dropout, **dd)
 
     def reset_parameters(self) -> None:
-        _reset_children(self)
+        reset_children(self)
 
     def extra_repr(self) -> str:
         return f"seq_len={self.seq_len}"
@@ -115,7 +101,7 @@ class MixerGatingUnit(nn.Module):
                                 dtype=dtype)
 
     def reset_parameters(self) -> None:
-        _reset_children(self)
+        reset_children(self)
 
     def extra_repr(self) -> str:
         return "out = proj(u) * mixer(u)"
@@ -150,7 +136,7 @@ class NiNBlock(NotScriptable, nn.Module):
         super().__init__()
         d_ffn = 2 * dim if d_ffn is None else d_ffn
         for name, value in (("dim", dim), ("seq_len", seq_len), ("d_ffn", d_ffn)):
-            _check_positive(name, value)
+            check_int(name, value, where="NiNBlock")
         _check_probability("dropout", dropout)
         _check_probability("drop_path", drop_path)
         dd = dict(device=device, dtype=dtype)
@@ -163,7 +149,7 @@ class NiNBlock(NotScriptable, nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def reset_parameters(self) -> None:
-        _reset_children(self)
+        reset_children(self)
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, seq_len={self.seq_len}, d_ffn={self.d_ffn}, dropout={self.dropout}, "

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from attnzoo._checks import check_nchw
+from attnzoo._checks import check_int, check_nchw
 from attnzoo.layers.scripting import NotScriptable
 
 __all__ = ["ULSAM"]
@@ -59,8 +59,7 @@ class ULSAM(NotScriptable, nn.Module):
         super().__init__()
         dd = {"device": device, "dtype": dtype}
         for name, value in (("channels", channels), ("num_splits", num_splits)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"ULSAM: {name} must be a positive int, got {value!r}")
+            check_int(name, value, where="ULSAM")
         if channels % num_splits:
             raise ValueError(f"ULSAM: num_splits must divide channels={channels}, got num_splits={num_splits}")
         if not 0.0 <= bn_momentum <= 1.0:

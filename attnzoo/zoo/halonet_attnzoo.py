@@ -34,6 +34,7 @@ from timm.layers.halo_attn import HaloAttn
 from timm.models.byobnet import ByoBlockCfg, ByobNet, ByoModelCfg, LayerFn, create_shortcut
 
 from attnzoo.layers.halo import HaloAttention
+from attnzoo.layers.weight_init import reset_children
 from attnzoo.zoo._registry import build_classifier, classifier_cfg, hub_default_cfgs, register_model
 
 __all__ = ["HALONET_CONFIGS", "HaloBottleneck", "halonet_cfg", "swap_halo_attention"]
@@ -106,15 +107,8 @@ class HaloBottleneck(nn.Module):
         self.self_attn.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # Stop at the first module that resets itself: HaloAttention re-inits its own convs (trunc-normal).
-        def reset(module: nn.Module) -> None:
-            for child in module.children():
-                if hasattr(child, "reset_parameters"):
-                    child.reset_parameters()
-                else:
-                    reset(child)
-
-        reset(self)
+        # Stops at the first module that resets itself: HaloAttention re-inits its own convs (trunc-normal).
+        reset_children(self)
 
     def extra_repr(self) -> str:
         return f"value_ratio={self.value_ratio}"

@@ -28,7 +28,7 @@ from timm.models import VisionTransformer
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint, checkpoint_seq
 
-from attnzoo._checks import check_image_size
+from attnzoo._checks import check_image_size, check_int
 from attnzoo.layers.ninformer import NiNBlock
 from attnzoo.zoo._registry import build_classifier, classifier_cfg, hub_default_cfgs, register_model
 
@@ -106,8 +106,7 @@ class NiNformer(nn.Module):
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
         _check_pool(global_pool)
-        if not isinstance(depth, int) or depth < 1:
-            raise ValueError(f"depth must be a positive int, got {depth!r}")
+        check_int("depth", depth)
         dd = dict(device=device, dtype=dtype)
         self.num_classes, self.global_pool = num_classes, global_pool
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim

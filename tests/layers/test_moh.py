@@ -227,16 +227,22 @@ def test_device_dtype_reset_and_repr():
     (dict(dim=C, num_heads=6, shared_heads=2, routed_heads=5), r"routed_heads=5 \(top-k\) exceeds the 4 routed heads"),
     (dict(dim=C, num_heads=6, shared_heads=7), "shared_heads=7 exceeds num_heads=6"),
     (dict(dim=C, num_heads=6, shared_heads=4, routed_heads=0), "routed_heads=0 leaves the 2 non-shared heads unused"),
-    (dict(dim=C, num_heads=6, shared_heads=-1), "shared_heads=-1, expected an int >= 0"),
-    (dict(dim=C, num_heads=6, routed_heads=1.5), r"routed_heads=1.5, expected an int >= 0"),
+    (dict(dim=C, num_heads=6, shared_heads=-1), "MoHAttention: shared_heads must be an int >= 0, got -1"),
     (dict(dim=25, num_heads=6), "dim=25 is not divisible by num_heads=6"),
-    (dict(dim=C, num_heads=0), "num_heads=0, expected an int >= 1"),
+    (dict(dim=C, num_heads=0), "MoHAttention: num_heads must be a positive int, got 0"),
     (dict(dim=C, num_heads=6, qk_norm=True), "qk_norm/scale_norm need a norm_layer"),
     (dict(dim=C, num_heads=6, attn_drop=1.0), r"attn_drop=1.0, expected a float in \[0, 1\)"),
 ])
 def test_bad_arguments_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
         MoHAttention(**kwargs)
+
+
+def test_non_int_head_counts_raise_type_error():
+    with pytest.raises(TypeError, match=r"MoHAttention: routed_heads must be an int >= 0, got 1.5 \(float\)"):
+        MoHAttention(C, num_heads=6, routed_heads=1.5)
+    with pytest.raises(TypeError, match=r"MoHAttention: num_heads must be a positive int, got True \(bool\)"):
+        MoHAttention(C, num_heads=True)
 
 
 TINY = functools.partial(checks.tiny_vit, attn_layer=MoHAttention.configure(shared_heads=1, routed_heads=2))

@@ -126,7 +126,6 @@ def test_wrong_input_shape_raises(shape):
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(dim=0, seq_len=N), "dim must be a positive int, got 0"),
-    (dict(dim=D, seq_len=2.5), "seq_len must be a positive int, got 2.5"),
     (dict(dim=D, seq_len=N, d_ffn=-1), "d_ffn must be a positive int, got -1"),
     (dict(dim=D, seq_len=N, dropout=1.0), r"dropout must be a float in \[0, 1\), got 1.0"),
     (dict(dim=D, seq_len=N, drop_path=-0.1), r"drop_path must be a float in \[0, 1\), got -0.1"),
@@ -134,3 +133,8 @@ def test_wrong_input_shape_raises(shape):
 def test_bad_constructor_arguments_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
         NiNBlock(**kwargs)
+
+
+def test_non_int_sizes_raise_type_error():
+    with pytest.raises(TypeError, match=r"NiNBlock: seq_len must be a positive int, got 2.5 \(float\)"):
+        NiNBlock(D, 2.5)
