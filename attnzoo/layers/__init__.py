@@ -3,7 +3,7 @@
 from timm.layers import register_notrace_function
 
 from attnzoo import _checks, kernels
-from attnzoo.layers.dfa3d import DeformableAttention3D, MultiScaleDeformableAttention, MultiViewLifting
+from attnzoo.layers.dfa3d import DeformableAttention3D, MultiScaleDeformableAttention
 from attnzoo.layers.ela import ELA
 from attnzoo.layers.flowformer import FlowAttention
 from attnzoo.layers.gated_attention import GatedAttention
@@ -17,7 +17,7 @@ from attnzoo.layers.topm import TopMAttentionConv
 from attnzoo.layers.ulsam import ULSAM
 
 __all__ = ["DeformableAttention3D", "ELA", "FlowAttention", "GatedAttention", "HaloAttention", "MKDC", "MKIR",
-           "MinimalAttention", "MinimalBlock", "MoHAttention", "MultiScaleDeformableAttention", "MultiViewLifting",
+           "MinimalAttention", "MinimalBlock", "MoHAttention", "MultiScaleDeformableAttention",
            "NeighborhoodAttention2D", "NiNBlock", "TopMAttentionConv", "ULSAM", "moh_load_balance_loss"]
 
 # What the layers call on their inputs that torch.fx cannot trace through (checks that read shapes, the ops' front

@@ -12,17 +12,9 @@ As in BEVFormer, reference points carry ``num_anchors`` points per query (the an
 anchor gets ``num_points / num_anchors`` sampling points; xy offsets are divided by the level's (w, h) and depth
 offsets by the number of depth bins.
 
-:class:`MultiViewLifting` is BEVFormer's spatial cross-attention with DFA3D inside: learned BEV queries, a pillar
-of 3-D reference points per BEV cell projected into every camera with ``lidar2img``, per-view deformable
-attention over that view's multi-level features (camera and level embeddings added, as BEVFormer), averaged over
-the views in which at least one anchor of the pillar lands inside the image. The depth distribution comes from a
-small :class:`DepthHead` on the finest level, or is supplied (e.g. :func:`depth_distribution` of a depth map).
-
-As BEVFormer, each view attends only from the pillars it sees (gathered and padded per view, then summed back).
-Deliberate differences from the authors' code: the depth distribution is one tensor shared by all heads (they
-repeat it per head), the op returns no ``depth_score``/``weight_update`` (BEVFormer's optional "use_empty" path
-is not reproduced), the depth is area-pooled (not nearest-resized) to coarser levels, and a point counts as
-projected when its camera depth is positive and (u, v) is inside the image.
+The BEVFormer-style lifting module built on these layers, ``MultiViewLifting``, is model-level code and lives in
+:mod:`attnzoo.zoo.bev_lifting`. Deliberate differences from the authors' code: the op returns no
+``depth_score``/``weight_update``, and the depth distribution is one tensor shared by all heads.
 """
 
 from __future__ import annotations
@@ -38,8 +30,8 @@ from attnzoo._checks import check_int
 from attnzoo.kernels.dfa3d import deform_attn_3d, ms_deform_attn
 from attnzoo.layers.scripting import NotScriptable
 
-__all__ = ["DeformableAttention3D", "DepthHead", "MultiScaleDeformableAttention", "MultiViewLifting",
-           "depth_distribution", "flatten_levels", "pillar_points"]
+__all__ = ["DeformableAttention3D", "DepthHead", "MultiScaleDeformableAttention", "depth_distribution",
+           "flatten_levels", "num_depth_bins", "pillar_points"]
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -75,15 +67,6 @@ def depth_distribution(depth: Tensor, depth_bound: tuple[float, float, float],
     return pooled.reshape(*lead, bins, *size)
 
 
-def _resize_distribution(dist: Tensor, size: tuple[int, int]) -> Tensor:
-    """(n, D, h, w) to ``size``: area average when shrinking (stays a distribution), nearest when growing."""
-    if tuple(dist.shape[-2:]) == tuple(size):
-        return dist
-    if dist.shape[-2] >= size[0] and dist.shape[-1] >= size[1]:
-        return F.adaptive_avg_pool2d(dist, size)
-    return F.interpolate(dist, size=size, mode="nearest")
-
-
 def flatten_levels(features: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
     """Multi-level (n, C, h, w) maps to the MSDA key layout.
 
@@ -113,19 +96,6 @@ def pillar_points(bev_size: tuple[int, int], pc_range: tuple[float, ...], num_an
     z = centres(num_anchors, z_min, z_max)
     xy = torch.stack([x, y], -1).reshape(-1, 1, 2).expand(-1, num_anchors, 2)  # (Q, Z, 2)
     return torch.cat([xy, z.view(1, -1, 1).expand(xy.shape[0], -1, 1)], -1)
-
-
-def _seen_first(visible: Tensor) -> Tensor:
-    """Per row, the indices of the True entries in order, then those of the False entries in order: a stable
-    partition (``argsort(~visible, stable=True)``) from two cumulative sums and a scatter, which ONNX can express.
-
-    Shapes:
-        visible (n, Q) bool -> (n, Q) int64.
-    """
-    seen = visible.long()
-    position = torch.where(visible, seen.cumsum(1) - 1, seen.sum(1, keepdim=True) + (1 - seen).cumsum(1) - 1)
-    index = torch.arange(visible.shape[1], device=visible.device).expand_as(position)
-    return torch.empty_like(position).scatter(1, position, index)
 
 
 def _direction_grid(num_heads: int, device: torch.device | None) -> Tensor:
@@ -324,151 +294,3 @@ class DepthHead(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_channels={self.in_channels}, num_bins={self.num_bins}, hidden={self.hidden}"
-
-
-# ------------------------------------------------------------------------------------------- main class
-
-
-class MultiViewLifting(NotScriptable, nn.Module):
-    """BEV queries lifted from multi-camera features by DFA3D (or 2-D deformable attention), BEVFormer-style.
-
-    Args:
-        embed_dims: channels C of the BEV queries and of the image features.
-        bev_size: (bev_h, bev_w) BEV grid; rows run along ego x, columns along ego y.
-        pc_range: (x_min, y_min, z_min, x_max, y_max, z_max) metres covered by the BEV grid and the pillars.
-        num_anchors: 3-D reference points per pillar (BEVFormer's ``num_points_in_pillar``).
-        num_heads: attention heads.
-        num_levels: image feature levels.
-        num_points: sampling points per head and level (divisible by ``num_anchors``).
-        depth_bound: (d_min, d_max, step) of the depth bins, as BEVFormer-DFA3D's ``d_bound``.
-        attention: 'dfa3d' (3-D deformable attention over depth-expanded features) or '2d' (MSDA, no depth).
-        depth_head: predict the depth distribution from the finest level when none is supplied ('dfa3d' only).
-        max_cameras: size of the learned camera embedding table.
-        dropout: dropout of the attention output.
-        device, dtype: factory arguments.
-
-    Shapes:
-        features [(B, N, C, h_l, w_l)] for L levels, lidar2img (B, N, 4, 4) ego-to-pixel, image_size (H, W),
-        depth optional (B, N, D, h, w) distribution -> bev (B, bev_h * bev_w, C) and the depth distribution
-        used, (B, N, D, h_0, w_0) (None for '2d').
-    """
-
-    def __init__(self, embed_dims: int = 64, bev_size: tuple[int, int] = (32, 32),
-                 pc_range: tuple[float, ...] = (-12.0, -12.0, -0.5, 12.0, 12.0, 2.5), num_anchors: int = 4,
-                 num_heads: int = 4, num_levels: int = 2, num_points: int = 8,
-                 depth_bound: tuple[float, float, float] = (1.0, 31.0, 0.5), attention: str = "dfa3d",
-                 depth_head: bool = True, max_cameras: int = 6, dropout: float = 0.1,
-                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
-        super().__init__()
-        factory = dict(device=device, dtype=dtype)
-        if attention not in ("dfa3d", "2d"):
-            raise ValueError(f"attention={attention!r}: expected 'dfa3d' or '2d'")
-        if len(pc_range) != 6 or not all(pc_range[i] < pc_range[i + 3] for i in range(3)):
-            raise ValueError(f"pc_range={pc_range!r}: expected (x_min, y_min, z_min, x_max, y_max, z_max), min < max")
-        if len(bev_size) != 2:
-            raise ValueError(f"bev_size={bev_size!r}: expected (bev_h, bev_w)")
-        self.embed_dims, self.bev_size, self.pc_range = embed_dims, tuple(bev_size), tuple(pc_range)
-        self.num_anchors = check_int("num_anchors", num_anchors)
-        self.depth_bound, self.attention = tuple(depth_bound), attention
-        if num_points % num_anchors:
-            raise ValueError(f"num_points={num_points} must be divisible by num_anchors={num_anchors}")
-        self.num_bins = num_depth_bins(depth_bound)
-        num_queries = bev_size[0] * bev_size[1]
-        self.bev_embed = nn.Parameter(torch.empty(num_queries, embed_dims, **factory))
-        self.row_embed = nn.Parameter(torch.empty(bev_size[0], embed_dims // 2, **factory))
-        self.col_embed = nn.Parameter(torch.empty(bev_size[1], embed_dims - embed_dims // 2, **factory))
-        self.level_embed = nn.Parameter(torch.empty(num_levels, embed_dims, **factory))
-        self.cams_embed = nn.Parameter(torch.empty(max_cameras, embed_dims, **factory))
-        attn_cls = DeformableAttention3D if attention == "dfa3d" else MultiScaleDeformableAttention
-        self.attn = attn_cls(embed_dims, num_heads, num_levels, num_points, dropout, **factory)
-        self.depth_head = DepthHead(embed_dims, self.num_bins, **factory) if attention == "dfa3d" and depth_head \
-            else None
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        for p in (self.bev_embed, self.row_embed, self.col_embed, self.level_embed, self.cams_embed):
-            nn.init.normal_(p, std=0.02 if p is not self.bev_embed else 1.0)
-        self.attn.reset_parameters()
-        if self.depth_head is not None:
-            self.depth_head.reset_parameters()
-
-    def bev_pos(self) -> Tensor:
-        """Learned positional encoding (row and column halves, as mmdet's LearnedPositionalEncoding): (Q, C)."""
-        bev_h, bev_w = self.bev_size
-        rows = self.row_embed.view(bev_h, 1, -1).expand(-1, bev_w, -1)
-        cols = self.col_embed.view(1, bev_w, -1).expand(bev_h, -1, -1)
-        return torch.cat([rows, cols], -1).reshape(bev_h * bev_w, -1)
-
-    def project_pillars(self, lidar2img: Tensor, image_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
-        """Reference points of every pillar anchor in every camera, and which pillars each camera sees.
-
-        Shapes:
-            lidar2img (B, N, 4, 4) -> reference points (B, N, Q, Z, 3) as (u / W, v / H, normalised depth),
-            visible (B, N, Q) bool.
-        """
-        # Geometry in float32 whatever the model's dtype: in fp16 the 1 / depth of a point at the camera plane
-        # (clamped to 1e-5) overflows to inf, and inf * 0 is NaN. The pillars are recomputed here rather than kept in
-        # a non-persistent buffer, so that a model built on the meta device needs nothing restored after loading.
-        pillars = pillar_points(self.bev_size, self.pc_range, self.num_anchors, device=lidar2img.device,
-                                dtype=torch.float32)  # (Q, Z, 3)
-        pts = torch.cat([pillars, torch.ones_like(pillars[..., :1])], -1)  # (Q, Z, 4) homogeneous
-        cam = torch.einsum("bnij,qzj->bnqzi", lidar2img.float(), pts)  # (B, N, Q, Z, 4)
-        depth = cam[..., 2]
-        eps = 1e-5
-        uv = cam[..., :2] / depth.clamp(min=eps).unsqueeze(-1)
-        uv = uv / torch.tensor([image_size[1], image_size[0]], dtype=uv.dtype, device=uv.device)
-        d_min, d_max, _ = self.depth_bound
-        z = (depth - d_min) / (d_max - d_min)
-        inside = (depth > eps) & (uv > 0).all(-1) & (uv < 1).all(-1)  # (B, N, Q, Z)
-        return torch.cat([uv, z.unsqueeze(-1)], -1), inside.any(-1)
-
-    def forward(self, features: list[Tensor], lidar2img: Tensor, image_size: tuple[int, int],
-                depth: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        if len(features) != self.attn.num_levels:
-            raise ValueError(f"features: got {len(features)} levels, expected {self.attn.num_levels}")
-        batch, cams = features[0].shape[:2]
-        if cams > self.cams_embed.shape[0]:
-            raise ValueError(f"features have {cams} cameras but max_cameras={self.cams_embed.shape[0]}")
-        if lidar2img.shape != (batch, cams, 4, 4):
-            raise ValueError(f"lidar2img {tuple(lidar2img.shape)}: expected ({batch}, {cams}, 4, 4)")
-        flat = [f.flatten(0, 1) + self.level_embed[i].view(1, -1, 1, 1) for i, f in enumerate(features)]
-        keys, shapes, starts = flatten_levels(flat)  # (B*N, num_keys, C)
-        keys = keys + self.cams_embed[:cams].repeat(batch, 1).unsqueeze(1)
-        dist = self._depth(flat, depth, batch, cams)
-        ref, visible = self.project_pillars(lidar2img, image_size)  # (B, N, Q, Z, 3), (B, N, Q)
-        if self.attention == "2d":
-            ref = ref[..., :2]
-        # BEVFormer's rebatching: every view attends only from the pillars it sees, padded to the longest list.
-        # Traced (compile, export, ONNX) the list keeps all Q pillars, a static size instead of a data-dependent
-        # one; the padding is masked out, so the result is the same, at the cost of attending from unseen pillars.
-        visible = visible.flatten(0, 1)  # (B*N, Q)
-        max_len = visible.shape[1] if torch.compiler.is_compiling() else max(int(visible.sum(1).max()), 1)
-        order = _seen_first(visible)[:, :max_len]
-        kept = visible.gather(1, order).unsqueeze(-1)  # (B*N, max_len, 1), False on padding
-        ref = ref.flatten(0, 1).gather(1, order.view(*order.shape, 1, 1).expand(-1, -1, *ref.shape[-2:]))
-        key_depth = None if dist is None else flatten_levels(
-            [_resize_distribution(dist.flatten(0, 1), tuple(f.shape[-2:])) for f in flat])[0]
-        sampled = self.attn.sample(self.bev_embed[order], keys, ref, shapes, starts, key_depth, self.bev_pos()[order])
-        num_queries = self.bev_embed.shape[0]
-        target = order + torch.arange(batch, device=order.device).repeat_interleave(cams).unsqueeze(1) * num_queries
-        fused = sampled.new_zeros(batch * num_queries, sampled.shape[-1]).index_add_(
-            0, target.flatten(), (sampled * kept).flatten(0, 1))  # sum over the views that see each pillar
-        count = visible.view(batch, cams, num_queries).sum(1).clamp(min=1).unsqueeze(-1)  # (B, Q, 1)
-        fused = fused.view(batch, num_queries, -1) / count
-        query = self.bev_embed.unsqueeze(0).expand(batch, -1, -1)  # (B, Q, C)
-        return self.attn.project(fused, query), dist
-
-    def _depth(self, flat: list[Tensor], depth: Tensor | None, batch: int, cams: int) -> Tensor | None:
-        if self.attention == "2d":
-            return None
-        if depth is not None:
-            if depth.dim() != 5 or depth.shape[:3] != (batch, cams, self.num_bins):
-                raise ValueError(f"depth {tuple(depth.shape)}: expected ({batch}, {cams}, {self.num_bins}, h, w)")
-            return depth
-        if self.depth_head is None:
-            raise ValueError("depth=None needs depth_head=True (or supply a (B, N, D, h, w) depth distribution)")
-        return self.depth_head(flat[0]).view(batch, cams, self.num_bins, *flat[0].shape[-2:])
-
-    def extra_repr(self) -> str:
-        return (f"attention={self.attention!r}, bev_size={self.bev_size}, pc_range={self.pc_range}, "
-                f"num_anchors={self.num_anchors}, depth_bound={self.depth_bound}, num_bins={self.num_bins}")

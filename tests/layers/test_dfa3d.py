@@ -10,10 +10,10 @@ from attnzoo.kernels.dfa3d import deform_attn_3d_naive, ms_deform_attn_naive
 from attnzoo.layers.dfa3d import (
     DeformableAttention3D,
     MultiScaleDeformableAttention,
-    MultiViewLifting,
     depth_distribution,
     flatten_levels,
 )
+from attnzoo.zoo.bev_lifting import MultiViewLifting
 
 SHAPES = [(6, 8), (3, 4)]
 
