@@ -23,6 +23,9 @@ Deliberate differences from timm:
 * the attention runs in the ``attnzoo::halo_attention`` op (see ``attnzoo.kernels.halo``), which adds the
   factorised position logits by broadcasting instead of timm's pad-and-reshape skew, and has its own backward;
 * ``mask_padding=True`` (lucidrains' semantics, with the mask the right way round) excludes outside pixels.
+
+:func:`swap_halo_attention` replaces every timm ``HaloAttn`` of a model (e.g. timm's ``halonet26t``) by an equivalent
+:class:`HaloAttention` carrying the same weights, in place.
 """
 
 from __future__ import annotations
@@ -30,12 +33,13 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 from timm.layers import make_divisible, trunc_normal_
+from timm.layers.halo_attn import HaloAttn
 
 from attnzoo._checks import check_int, check_nchw
 from attnzoo.kernels.halo import halo_attention
 from attnzoo.layers.scripting import NotScriptable
 
-__all__ = ["HaloAttention", "HaloPosEmbed"]
+__all__ = ["HaloAttention", "HaloPosEmbed", "swap_halo_attention"]
 
 
 class HaloPosEmbed(nn.Module):
@@ -163,3 +167,38 @@ class HaloAttention(NotScriptable, nn.Module):
                              backend=self.backend)
         out = out.reshape(b, self.dim_out_v, hq, wq)  # (B, dim_out, Hq, Wq)
         return self.pool(out)
+
+
+def swap_halo_attention(model: nn.Module, mask_padding: bool = False, backend: str | None = None) -> nn.Module:
+    """Replace every timm ``HaloAttn`` inside ``model`` by an equivalent :class:`HaloAttention`, in place.
+
+    Weights, device, dtype and train/eval mode are kept, so outputs are unchanged (with the default
+    ``mask_padding=False``) while the model gains any-input-size support and attnzoo's op.
+
+    Args:
+        model: any module, e.g. ``timm.create_model('halonet26t')``.
+        mask_padding: give the new layers masked borders instead of timm's zero keys (changes outputs).
+        backend: op backend for the new layers.
+
+    Returns:
+        ``model``, changed in place (or the new layer when ``model`` itself is a ``HaloAttn``).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    targets = [(name, module) for name, module in model.named_modules() if isinstance(module, HaloAttn)]
+    for name, old in targets:
+        pooled = isinstance(old.pool, nn.AvgPool2d)
+        weight = old.q.weight
+        new = HaloAttention(old.q.in_channels, dim_out=old.dim_out_v, stride=2 if pooled else old.block_stride,
+                            num_heads=old.num_heads, dim_head=old.dim_head_qk, block_size=old.block_size,
+                            halo_size=old.halo_size, qkv_bias=old.q.bias is not None, avg_down=pooled,
+                            scale_pos_embed=old.scale_pos_embed, mask_padding=mask_padding, backend=backend,
+                            device=weight.device, dtype=weight.dtype)
+        new.load_state_dict(old.state_dict(), strict=True)
+        new.train(old.training)
+        if name:
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child, new)
+        else:
+            model = new
+    return model

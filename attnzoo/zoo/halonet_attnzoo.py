@@ -1,4 +1,4 @@
-"""HaloNet H0-H7 (arXiv 2103.12731) as timm ByobNets, and a swap of timm's ``HaloAttn`` for ours.
+"""HaloNet H0-H7 (arXiv 2103.12731) as timm ByobNets (``attnzoo.layers.halo.swap_halo_attention`` converts timm's own).
 
 The paper's family is four stages of attention bottlenecks (1x1 conv, halo attention, 1x1 conv) after a 7x7 stem
 and max-pool, with depths (3, 3, l3, 3), bottleneck widths (64, 128, 256, 512) and output widths ``rb`` times
@@ -30,14 +30,13 @@ from typing import Any
 import torch
 import torch.nn as nn
 from timm.layers import DropPath, make_divisible
-from timm.layers.halo_attn import HaloAttn
 from timm.models.byobnet import ByoBlockCfg, ByobNet, ByoModelCfg, LayerFn, create_shortcut
 
 from attnzoo.layers.halo import HaloAttention
 from attnzoo.layers.weight_init import reset_children
 from attnzoo.zoo._registry import build_classifier, classifier_cfg, hub_default_cfgs, register_model
 
-__all__ = ["HALONET_CONFIGS", "HaloBottleneck", "halonet_cfg", "swap_halo_attention"]
+__all__ = ["HALONET_CONFIGS", "HaloBottleneck", "halonet_cfg"]
 
 # name: (block_size b, halo_size h, value ratio rv, width ratio rb, stage-3 depth l3, head features df, image size)
 HALONET_CONFIGS: dict[str, tuple[int, int, float, float, int, int, int]] = {
@@ -209,38 +208,3 @@ def azhalonet_h6(pretrained: bool = False, **kwargs: Any) -> ByobNet:
 def azhalonet_h7(pretrained: bool = False, **kwargs: Any) -> ByobNet:
     """HaloNet-H7 (b=10, h=3, rv=4, rb=3.5, df=2048, 600px): 67.43M params (paper 67.4M)."""
     return _create_halonet("azhalonet_h7", pretrained, **kwargs)
-
-
-def swap_halo_attention(model: nn.Module, mask_padding: bool = False, backend: str | None = None) -> nn.Module:
-    """Replace every timm ``HaloAttn`` inside ``model`` by an equivalent :class:`HaloAttention`, in place.
-
-    Weights, device, dtype and train/eval mode are kept, so outputs are unchanged (with the default
-    ``mask_padding=False``) while the model gains any-input-size support and attnzoo's op.
-
-    Args:
-        model: any module, e.g. ``timm.create_model('halonet26t')``.
-        mask_padding: give the new layers masked borders instead of timm's zero keys (changes outputs).
-        backend: op backend for the new layers.
-
-    Returns:
-        ``model``, changed in place (or the new layer when ``model`` itself is a ``HaloAttn``).
-    """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    targets = [(name, module) for name, module in model.named_modules() if isinstance(module, HaloAttn)]
-    for name, old in targets:
-        pooled = isinstance(old.pool, nn.AvgPool2d)
-        weight = old.q.weight
-        new = HaloAttention(old.q.in_channels, dim_out=old.dim_out_v, stride=2 if pooled else old.block_stride,
-                            num_heads=old.num_heads, dim_head=old.dim_head_qk, block_size=old.block_size,
-                            halo_size=old.halo_size, qkv_bias=old.q.bias is not None, avg_down=pooled,
-                            scale_pos_embed=old.scale_pos_embed, mask_padding=mask_padding, backend=backend,
-                            device=weight.device, dtype=weight.dtype)
-        new.load_state_dict(old.state_dict(), strict=True)
-        new.train(old.training)
-        if name:
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name), child, new)
-        else:
-            model = new
-    return model

@@ -10,9 +10,9 @@ from timm.layers.halo_attn import HaloAttn
 from timm.models.byobnet import ByoBlockCfg, ByobNet, ByoModelCfg
 from timm_model_checks import check_timm_classifier
 
-from attnzoo.layers.halo import HaloAttention
+from attnzoo.layers.halo import HaloAttention, swap_halo_attention
 from attnzoo.zoo._registry import create_model
-from attnzoo.zoo.halonet_attnzoo import HaloBottleneck, swap_halo_attention
+from attnzoo.zoo.halonet_attnzoo import HaloBottleneck
 
 # Exact counts of our builds (1000 classes) and the paper's (spec table 1.6, millions).
 PARAMS = {
