@@ -3,23 +3,22 @@
     import attnzoo
     model = attnzoo.create_model('ela_resnet18', num_classes=10)
     attnzoo.list_models(task='graph')
+
+Importing attnzoo registers every model (timm's classifiers in timm's registry too) without importing PyTorch
+Geometric or segmentation-models-pytorch: those are imported when a model or layer that needs them is built.
 """
 
 __version__ = "0.1.0"
 
-import warnings
-
-# PyTorch Geometric scripts a class at import, which recent torch releases report as a FutureWarning on every run of
-# every program that imports attnzoo; it is PyG's to fix, so it is silenced for this import only.
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
-    from attnzoo import zoo  # noqa: E402,F401  (registers every model, in attnzoo's and timm's registries)
-from attnzoo.zoo._registry import (  # noqa: E402
+from attnzoo.zoo import (  # noqa: E402  (registers every model, in attnzoo's and timm's registries)
     create_model,
     from_pretrained,
     list_models,
     list_pretrained,
+    model_task,
+    register_model,
     save_pretrained,
 )
 
-__all__ = ["__version__", "create_model", "from_pretrained", "list_models", "list_pretrained", "save_pretrained"]
+__all__ = ["__version__", "create_model", "from_pretrained", "list_models", "list_pretrained", "model_task",
+           "register_model", "save_pretrained"]

@@ -1,4 +1,12 @@
-"""Attention layers as nn.Modules, one published method per file."""
+"""Attention layers as nn.Modules, one published method per file.
+
+:class:`TopMAttentionConv` is a PyTorch Geometric ``MessagePassing`` conv: it is imported (and PyG with it) on first
+use, ``from attnzoo.layers import TopMAttentionConv`` or ``attnzoo.layers.TopMAttentionConv``, so that importing
+attnzoo does not import PyG (PEP 562 module ``__getattr__``).
+"""
+
+import importlib
+import warnings
 
 from timm.layers import register_notrace_function
 
@@ -13,7 +21,6 @@ from attnzoo.layers.mkdc import MKDC, MKIR
 from attnzoo.layers.moh import MoHAttention, moh_load_balance_loss
 from attnzoo.layers.neighborhood import NeighborhoodAttention2D
 from attnzoo.layers.ninformer import NiNBlock
-from attnzoo.layers.topm import TopMAttentionConv
 from attnzoo.layers.ulsam import ULSAM
 
 __all__ = ["DeformableAttention3D", "ELA", "FlowAttention", "GatedAttention", "HaloAttention", "MKDC", "MKIR",
@@ -26,3 +33,22 @@ for _fn in (_checks.check_nchw, _checks.check_tokens, _checks.check_image_size, 
             kernels.halo_attention, kernels.ms_deform_attn, kernels.deform_attn_3d, kernels.topm_attention,
             kernels.topm_knn, kernels.neighborhood_attention):
     register_notrace_function(_fn)
+
+# layers that subclass a host library's base class, imported on first use: name -> module
+_LAZY_LAYERS = {"TopMAttentionConv": "attnzoo.layers.topm"}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY_LAYERS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    # PyG scripts a class at import, which recent torch releases report as a FutureWarning on every run; it is
+    # PyG's to fix, so it is silenced for this import only
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+        value = getattr(importlib.import_module(_LAZY_LAYERS[name]), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -3,14 +3,16 @@
 Two directions, both with real smp objects:
 
 1. :class:`MKUNetEncoder` is registered in smp's encoder table as ``attnzoo-mkunet``, ``attnzoo-mkunet_s`` and
-   ``attnzoo-mkunet_t`` when this module is imported (``import attnzoo`` does it), so every smp architecture
+   ``attnzoo-mkunet_t`` when this module is imported, which ``import attnzoo`` arranges for the moment smp is
+   imported (or at once if it already is; see :mod:`attnzoo.zoo.host_models`), so every smp architecture
    builds on it: ``smp.Unet("attnzoo-mkunet", encoder_weights=None)``, ``smp.FPN(...)``,
    ``smp.DeepLabV3Plus(..., encoder_output_stride=16)``. smp's models default to ``encoder_weights="imagenet"``,
    which these encoders do not have: pass ``encoder_weights=None``. The encoder's state dict uses the
    ``encoder1``..``encoder5`` names of :class:`attnzoo.zoo.mkunet.MKUNet`, so a trained MK-UNet's encoder loads
    into it directly (:meth:`MKUNetEncoder.load_from_mkunet`).
 2. :class:`AttentionUnet` is an ``smp.Unet`` whose decoder attention (smp only offers None or 'scse') is ELA,
-   ULSAM, scSE or any module factory. Registered in attnzoo as ``smp_unet_ela`` and ``smp_unet_ulsam``.
+   ULSAM, scSE or any module factory. Registered in attnzoo as ``smp_unet_ela`` and ``smp_unet_ulsam`` (by
+   :mod:`attnzoo.zoo.host_models`, whose entrypoints import this module, and smp, when called).
 
 MK-UNet pools with a functional 2x2 max-pool after each stage, so smp's dilation hook (``output_stride`` 8 or 16)
 drops the pools of the deepest stages and dilates the convs of any stage that would otherwise see a finer grid
@@ -32,7 +34,6 @@ from segmentation_models_pytorch.encoders._utils import replace_strides_with_dil
 from attnzoo.layers.ela import ELA
 from attnzoo.layers.scripting import NotScriptable
 from attnzoo.layers.ulsam import ULSAM
-from attnzoo.zoo._registry import register_model
 from attnzoo.zoo.mkunet import MKUNET_CHANNELS, MKUNet, mkir_stage, mkunet_encoder_stages
 
 SMP_ENCODER_PREFIX = "attnzoo-"
@@ -199,17 +200,3 @@ class AttentionUnet(NotScriptable, smp.Unet):
 
     def extra_repr(self) -> str:
         return f"decoder_attention={self.decoder_attention_name!r}"
-
-
-@register_model("segmentation")
-def smp_unet_ela(**kwargs: Any) -> AttentionUnet:
-    """smp U-Net (resnet18 encoder by default) with ELA attention in every decoder block."""
-    kwargs.setdefault("encoder_name", "resnet18")
-    return AttentionUnet(decoder_attention="ela", **kwargs)
-
-
-@register_model("segmentation")
-def smp_unet_ulsam(**kwargs: Any) -> AttentionUnet:
-    """smp U-Net (resnet18 encoder by default) with ULSAM attention in every decoder block."""
-    kwargs.setdefault("encoder_name", "resnet18")
-    return AttentionUnet(decoder_attention="ulsam", **kwargs)

@@ -12,7 +12,8 @@ PyG's graph-classification examples put a ``global_*_pool`` and an ``MLP`` after
 readout is not in the spec or the authors' code (which is node-level only), so the readout is a choice, mean by
 default.
 
-Registered in the attnzoo registry with task ``'graph'``::
+Registered in the attnzoo registry with task ``'graph'`` by :mod:`attnzoo.zoo.host_models`, which imports this
+module (and PyG) when one of them is built::
 
     model = attnzoo.create_model('tangnn', in_channels=34, hidden_channels=32, out_channels=4, num_layers=2, m=8)
     graph_model = attnzoo.create_model('tangnn_graph', in_channels=3, hidden_channels=64, out_channels=10,
@@ -22,18 +23,23 @@ Registered in the attnzoo registry with task ``'graph'``::
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 from torch import Tensor
-from torch_geometric.nn import MLP, global_add_pool, global_max_pool, global_mean_pool
-from torch_geometric.nn.aggr import Aggregation
-from torch_geometric.nn.models.basic_gnn import BasicGNN
-from torch_geometric.typing import Adj
 
-from attnzoo.layers.topm import TopMAttentionConv
-from attnzoo.zoo._registry import register_model
+# PyG scripts a class at import, which recent torch releases report as a FutureWarning on every run; it is PyG's to
+# fix, so it is silenced for this import only (this module is imported on first use, not by `import attnzoo`)
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+    from torch_geometric.nn import MLP, global_add_pool, global_max_pool, global_mean_pool
+    from torch_geometric.nn.aggr import Aggregation
+    from torch_geometric.nn.models.basic_gnn import BasicGNN
+    from torch_geometric.typing import Adj
 
-__all__ = ["READOUTS", "TANGNN", "TANGNNGraph", "TANGNN_LC", "tangnn", "tangnn_graph", "tangnn_lc"]
+    from attnzoo.layers.topm import TopMAttentionConv
+
+__all__ = ["READOUTS", "TANGNN", "TANGNNGraph", "TANGNN_LC"]
 
 # PyG's global pooling functions by readout name ('sum' is PyG's other name for 'add')
 READOUTS: dict[str, Callable[..., Tensor]] = {"mean": global_mean_pool, "add": global_add_pool,
@@ -209,26 +215,3 @@ class TANGNNGraph(TANGNN):
         readout = self.readout if self.pool is None else repr(self.pool)
         return (f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, num_layers={self.num_layers}, "
                 f"readout={readout!r})")
-
-
-def _build(cls: type[TANGNN], kwargs: dict) -> TANGNN:
-    device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
-    return cls(**kwargs).to(device=device, dtype=dtype)
-
-
-@register_model("graph")
-def tangnn(**kwargs) -> TANGNN:
-    """TANGNN (``in_channels``, ``hidden_channels``, ``num_layers``, ``out_channels``, ``m``, ``heads``, ...)."""
-    return _build(TANGNN, kwargs)
-
-
-@register_model("graph")
-def tangnn_lc(**kwargs) -> TANGNN_LC:
-    """TANGNN-LC: layer outputs concatenated before the head."""
-    return _build(TANGNN_LC, kwargs)
-
-
-@register_model("graph")
-def tangnn_graph(**kwargs) -> TANGNNGraph:
-    """TANGNN with a global pooling readout and an MLP head: one output row per graph (``readout``, ...)."""
-    return _build(TANGNNGraph, kwargs)
