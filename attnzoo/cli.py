@@ -22,7 +22,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def model_summary(name: str) -> dict[str, Any]:
     """What ``attnzoo info`` prints: task, parameters, input size and, if published, the checkpoint record."""
     from attnzoo import hub
-    from attnzoo.zoo._registry import create_model, model_task, split_name, tag_record
+    from attnzoo.zoo import create_model, model_task, split_name, tag_record
 
     arch, tag = split_name(name)
     summary: dict[str, Any] = {"name": name, "task": model_task(name)}

@@ -136,7 +136,7 @@ def segmentation_rows(batch: int, side: int, device: str, repeat: int) -> list[d
     import segmentation_models_pytorch as smp
 
     from attnzoo.profiling import count_macs
-    from attnzoo.zoo._registry import create_model
+    from attnzoo.zoo import create_model
 
     models = {
         "smp Unet(resnet18) (anchor)": lambda: smp.Unet("resnet18", encoder_weights=None, classes=1),

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from attnzoo.data.multiview import SyntheticMultiViewScenes, add_depth_noise
-from attnzoo.zoo._registry import create_model
+from attnzoo.zoo import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "bev_iou.md"

@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     smoke_default(parser, args, "data", lambda: write_smoke_images(masks=True))
     import attnzoo
     from attnzoo.apps.training import seed_everything, train_segmenter
-    from attnzoo.zoo._registry import model_task, split_name
+    from attnzoo.zoo import model_task, split_name
 
     if model_task(args.model) != "segmentation":
         raise ValueError(f"--model {args.model!r} is not a segmentation model; see `attnzoo list --task segmentation`")

@@ -35,7 +35,7 @@ from tqdm import tqdm  # noqa: E402
 
 from attnzoo.data.graphs import fashion_mnist_knn_graph, sbm_graph  # noqa: E402
 from attnzoo.kernels.topm import sample_neighbor_mask  # noqa: E402
-from attnzoo.zoo._registry import create_model  # noqa: E402
+from attnzoo.zoo import create_model  # noqa: E402
 
 SMOKE = dict(graph="sbm", num_nodes=240, epochs=2, batch_size=32, hidden=16, m=4)
 

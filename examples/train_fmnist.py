@@ -45,7 +45,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def build(name: str, num_classes: int, in_chans: int, kwargs: dict[str, Any]) -> tuple[Any, str]:
     """(model, task) for an attnzoo name or ``timm:NAME``."""
     import attnzoo
-    from attnzoo.zoo._registry import model_task
+    from attnzoo.zoo import model_task
 
     if name.startswith("timm:"):
         import timm
@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         train_segmenter,
     )
     from attnzoo.data.fashion_mnist import fashion_mnist, fashion_mnist_segmentation, fmnist_cfg, fmnist_transform
-    from attnzoo.zoo._registry import model_task
+    from attnzoo.zoo import model_task
 
     image_size = args.image_size or 28
     is_timm = args.model.startswith("timm:")

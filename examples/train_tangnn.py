@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     import attnzoo
     from attnzoo.apps.evaluation import graph_for_dataset, node_accuracy
     from attnzoo.apps.training import plot_curves, seed_everything, write_metrics_csv
-    from attnzoo.zoo._registry import model_task
+    from attnzoo.zoo import model_task
 
     if model_task(args.model) != "graph":
         raise ValueError(f"--model {args.model!r} is not a graph model; see `attnzoo list --task graph`")

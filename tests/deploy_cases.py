@@ -114,7 +114,7 @@ BUILDERS = {"classification": classifier_case, "segmentation": segmentation_case
 
 
 def model_cases(names: list[str]) -> list[Case]:
-    return [BUILDERS[attnzoo.zoo._registry.model_task(name)](name) for name in names]
+    return [BUILDERS[attnzoo.zoo.model_task(name)](name) for name in names]
 
 
 # ------------------------------------------------------------------------------------------------- layers
@@ -202,7 +202,7 @@ def layer_cases() -> list[Case]:
 
 def zoo_names(names: list[str]) -> list[str]:
     """The names attnzoo itself registers (not the suite's tiny test models, whichever test imported them first)."""
-    entry = attnzoo.zoo._registry.model_entry
+    entry = attnzoo.zoo.model_entry
     return [n for n in names if entry(n).entrypoint.__module__.startswith("attnzoo.")]
 
 

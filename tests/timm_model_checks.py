@@ -278,7 +278,7 @@ def check_timm_classifier(name: str, input_size: tuple[int, ...] = (3, 64, 64), 
                           features: bool = True, grad_checkpointing: bool = True, **kwargs: Any) -> None:
     """timm's model checks for the registered attnzoo classifier ``name``, built through both front doors.
 
-    ``attnzoo.zoo._registry.create_model(name)`` and ``timm.create_model(name)`` must give the same class and the
+    ``attnzoo.zoo.create_model(name)`` and ``timm.create_model(name)`` must give the same class and the
     same weights under the same seed; then :func:`check_classifier` runs on the attnzoo-built model.
 
     Args:
@@ -290,7 +290,7 @@ def check_timm_classifier(name: str, input_size: tuple[int, ...] = (3, 64, 64), 
         **kwargs: passed to every ``create_model`` call (e.g. ``img_size=64``).
     """
     import attnzoo.zoo  # noqa: F401  (importing the zoo registers every architecture)
-    from attnzoo.zoo._registry import create_model, model_task
+    from attnzoo.zoo import create_model, model_task
 
     assert model_task(name) == "classification", f"{name} is registered for task {model_task(name)!r}"
     assert timm.is_model(name.partition(".")[0]), f"{name} is not in timm's registry"

@@ -7,7 +7,7 @@ for a real zoo module.
 import torch
 import torch.nn as nn
 
-from attnzoo.zoo._registry import build_classifier, classifier_cfg, hub_default_cfgs, register_model
+from attnzoo.zoo import build_classifier, classifier_cfg, hub_default_cfgs, register_model
 
 
 class TinyNet(nn.Module):

@@ -107,7 +107,7 @@ def forward_every_model(names: Sequence[str] | None = None, progress: bool = Tru
     """Build each registered model (untrained) and time one forward pass on a small random input of its task."""
     from tqdm.auto import tqdm
 
-    from attnzoo.zoo._registry import create_model, list_models, model_task
+    from attnzoo.zoo import create_model, list_models, model_task
 
     rows = []
     for name in tqdm(list(names or list_models()), desc="models", disable=not progress):
@@ -141,7 +141,7 @@ def evaluate_checkpoints(names: Sequence[str], root: str | os.PathLike | None = 
     """Top-1 on the Fashion-MNIST test split and evaluation images/s of each published classifier."""
     from attnzoo import hub
     from attnzoo.apps.training import evaluate_classifier
-    from attnzoo.zoo._registry import create_model, split_name
+    from attnzoo.zoo import create_model, split_name
 
     rows = []
     for name in names:
@@ -167,9 +167,9 @@ def _attention_layers(model: nn.Module) -> set[str]:
 
 def _attention_kinds(model: nn.Module) -> set[str]:
     """'gate' / 'halo' for the attention modules attnzoo.apps.viz can draw in ``model``."""
-    from attnzoo.apps.viz import _kind
+    from attnzoo.apps.viz import attention_kind
 
-    return {k for k in map(_kind, model.modules()) if k is not None}
+    return {k for k in map(attention_kind, model.modules()) if k is not None}
 
 
 def fine_tune(name: str, out_dir: str | os.PathLike, root: str | os.PathLike | None = None, subset: int = 5000,
@@ -189,7 +189,7 @@ def fine_tune(name: str, out_dir: str | os.PathLike, root: str | os.PathLike | N
     from attnzoo.apps.evaluation import data_config
     from attnzoo.apps.training import evaluate_classifier, plot_curves, seed_everything, train_classifier
     from attnzoo.apps.viz import attention_maps, draw_maps, load_image
-    from attnzoo.zoo._registry import create_model
+    from attnzoo.zoo import create_model
 
     out_dir = Path(out_dir)
     seed_everything(seed)
@@ -226,7 +226,7 @@ def _write_table(out_dir: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> 
 def run_demo(out_dir: str | os.PathLike = "demo_out", root: str | os.PathLike | None = None, subset: int = 5000,
              progress: bool = True) -> dict[str, Any]:
     """The demo (see the module docstring); returns the tables and the fine-tuning summary it printed."""
-    from attnzoo.zoo._registry import list_models
+    from attnzoo.zoo import list_models
 
     names = list_models(pretrained=True, task="classification")
     if not names:

@@ -234,7 +234,7 @@ def evaluate(name: str, root: str | os.PathLike | None = None, batch_size: int =
         progress: show a progress bar.
     """
     from attnzoo import hub
-    from attnzoo.zoo._registry import create_model, split_name
+    from attnzoo.zoo import create_model, split_name
 
     arch, tag = split_name(name)
     record = hub.find_record(arch, tag)
@@ -251,7 +251,7 @@ def evaluate(name: str, root: str | os.PathLike | None = None, batch_size: int =
 def compare_with_manifest(name: str, metrics: dict[str, float], tolerance: float = 0.3) -> list[str]:
     """The published metrics of ``name`` that ``metrics`` misses or differs from by more than ``tolerance``."""
     from attnzoo import hub
-    from attnzoo.zoo._registry import split_name
+    from attnzoo.zoo import split_name
 
     record = hub.find_record(*split_name(name))
     problems = []

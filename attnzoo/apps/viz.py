@@ -26,13 +26,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["GATING_CLASSES", "HALO_CLASSES", "AttentionMap", "attention_maps", "draw_maps", "load_image", "main"]
+__all__ = ["GATING_CLASSES", "HALO_CLASSES", "AttentionMap", "attention_kind", "attention_maps", "draw_maps",
+           "load_image", "main"]
 
 GATING_CLASSES = ("ELA", "ULSAM", "EfficientLocalAttn")
 HALO_CLASSES = ("HaloAttention", "HaloAttn")
 
 
-def _kind(module: nn.Module) -> str | None:
+def attention_kind(module: nn.Module) -> str | None:
     """'gate' / 'halo' when the module's class (or a base class, e.g. ResidualELA's ELA) is a known one."""
     names = {cls.__name__ for cls in type(module).__mro__}
     if names & set(GATING_CLASSES):
@@ -117,7 +118,7 @@ def attention_maps(model: nn.Module, x: torch.Tensor, max_maps: int | None = Non
             captured.append((name, module, inputs[0].detach().clone(), output.detach().clone()))
         return fn
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if _kind(m) is not None]
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if attention_kind(m) is not None]
     if not handles:
         raise ValueError(f"{type(model).__name__} has no module of the classes {GATING_CLASSES + HALO_CLASSES}")
     was_training = model.training
@@ -132,7 +133,7 @@ def attention_maps(model: nn.Module, x: torch.Tensor, max_maps: int | None = Non
         h, w = inp.shape[-2:]
         if out.shape[-2:].numel() == 1:  # one output position (a deep stage of a small input): nothing to show
             continue
-        if _kind(module) == "gate":
+        if attention_kind(module) == "gate":
             # (h, w): how much the module scales the features at each position
             ratio = out[0].abs().mean(0) / inp[0].abs().mean(0).clamp_min(1e-6)
             maps.append(AttentionMap(name, "gate", _to_image(ratio, image_size), (h, w)))
@@ -194,7 +195,7 @@ def main(name: str, image: str | os.PathLike, out: str | os.PathLike | None = No
 
     from attnzoo.apps.evaluation import data_config
     from attnzoo.data.fashion_mnist import CLASSES
-    from attnzoo.zoo._registry import create_model, list_pretrained, model_task, split_name
+    from attnzoo.zoo import create_model, list_pretrained, model_task, split_name
 
     arch, tag = split_name(name)
     pretrained = any(n == name or (tag is None and n.startswith(arch + ".")) for n in list_pretrained())

@@ -9,7 +9,7 @@ import torch
 
 import attnzoo
 from attnzoo import cli, hub
-from attnzoo.zoo import _registry
+from attnzoo import zoo as _registry
 
 PACKAGE = Path(attnzoo.__file__).parent
 

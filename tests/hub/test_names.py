@@ -7,7 +7,7 @@ import timm
 
 import attnzoo
 from attnzoo import hub
-from attnzoo.zoo._registry import register_model
+from attnzoo.zoo import register_model
 
 BAD_NAMES = ["x/../y", "ela_resnet18.x/../../victim", "ELA_resnet18", "ela_resnet18.a.b", "ela_resnet18.",
              ".fmnist", " ela_resnet18", "ela_resnet18\n", "../ela_resnet18", "a" * 65, "ela-resnet18", "_ela",

@@ -201,7 +201,7 @@ def test_lifting_depth_head_and_gradients():
 
 
 def test_bev_model_registered_and_switches_attention():
-    from attnzoo.zoo._registry import create_model, model_task
+    from attnzoo.zoo import create_model, model_task
 
     assert model_task("dfa3d_bev_tiny") == "bev"
     gen = torch.Generator().manual_seed(0)

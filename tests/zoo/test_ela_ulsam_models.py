@@ -11,7 +11,7 @@ import attnzoo.zoo  # noqa: F401  (registers the models)
 from attnzoo.layers.ela import ELA
 from attnzoo.layers.ulsam import ULSAM
 from attnzoo.profiling import count_macs, count_params
-from attnzoo.zoo._registry import create_model
+from attnzoo.zoo import create_model
 from attnzoo.zoo.ela_resnet import ElaBottleneck, ResidualELA
 
 MODELS = ["ela_resnet18", "ela_resnet50", "ela_mobilenetv2_100", "ulsam_mobilenetv1_100", "ulsam_mobilenetv2_100",

@@ -11,7 +11,7 @@ from timm.models.byobnet import ByoBlockCfg, ByobNet, ByoModelCfg
 from timm_model_checks import check_timm_classifier
 
 from attnzoo.layers.halo import HaloAttention, swap_halo_attention
-from attnzoo.zoo._registry import create_model
+from attnzoo.zoo import create_model
 from attnzoo.zoo.halonet_attnzoo import HaloBottleneck
 
 # Exact counts of our builds (1000 classes) and the paper's (spec table 1.6, millions).

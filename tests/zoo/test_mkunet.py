@@ -7,7 +7,7 @@ from attnzoo.layers.ela import ELA
 from attnzoo.layers.mkdc import MKIR
 from attnzoo.layers.ulsam import ULSAM
 from attnzoo.profiling import count_macs, count_params
-from attnzoo.zoo._registry import create_model, list_models
+from attnzoo.zoo import create_model, list_models
 from attnzoo.zoo.mkunet import MKUNet
 from attnzoo.zoo.smp_bridge import AttentionUnet, MKUNetEncoder
 

@@ -11,7 +11,7 @@ from timm_model_checks import check_timm_classifier
 import attnzoo.zoo  # noqa: F401  (registers the models)
 from attnzoo.layers.ninformer import NiNBlock
 from attnzoo.profiling import count_macs, count_params
-from attnzoo.zoo._registry import create_model
+from attnzoo.zoo import create_model
 
 
 def _block_params(d: int, n: int, f: int, shared_norm: bool = True) -> int:

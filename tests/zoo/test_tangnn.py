@@ -11,7 +11,7 @@ from torch_geometric.nn import GraphSAGE
 
 from attnzoo.data.graphs import karate_club, knn_graph, long_range_graphs, random_graph, sbm_graph
 from attnzoo.layers.topm import TopMAttentionConv
-from attnzoo.zoo._registry import create_model, list_models, model_task
+from attnzoo.zoo import create_model, list_models, model_task
 from attnzoo.zoo.tangnn import TANGNN, TANGNN_LC
 
 

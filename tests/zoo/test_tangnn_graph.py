@@ -8,7 +8,7 @@ from torch_geometric.nn import global_add_pool, global_max_pool, global_mean_poo
 from torch_geometric.nn.aggr import SoftmaxAggregation
 
 from attnzoo.data.graphs import long_range_graphs, random_graph
-from attnzoo.zoo._registry import create_model, list_models, model_task
+from attnzoo.zoo import create_model, list_models, model_task
 from attnzoo.zoo.tangnn import TANGNN, TANGNNGraph
 
 ARGS = dict(in_channels=8, hidden_channels=16, num_layers=2, out_channels=3, m=4, heads=2)

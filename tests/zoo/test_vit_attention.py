@@ -11,7 +11,7 @@ import attnzoo
 import attnzoo.zoo  # noqa: F401  (registers the models)
 from attnzoo.layers import FlowAttention, GatedAttention, MinimalAttention, MinimalBlock, MoHAttention
 from attnzoo.profiling import count_macs, count_params
-from attnzoo.zoo._registry import create_model
+from attnzoo.zoo import create_model
 from attnzoo.zoo.vit_attention import ATTENTION_MAC_HOOKS, MOH_DIT_SPLITS, moh_split_for_depth
 
 NAMES = ["flowformer_deit_small_patch16_224", "gated_vit_small_patch16_224", "minimal_vit_small_patch16_224",
