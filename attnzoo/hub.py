@@ -12,7 +12,8 @@ Resolution for ``arch.tag`` (first hit wins):
 3. the cache, ``$ATTNZOO_CACHE`` or ``~/.cache/attnzoo``;
 4. a download from the record's URL (https; plain http only from a loopback host), else its Hugging Face Hub repo
    at the pinned revision, into a temporary file in the cache folder, checked (size, sha256), then renamed
-   atomically under a file lock. Skipped with a clear error when ``ATTNZOO_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``.
+   atomically under a file lock. Skipped with a clear error when ``ATTNZOO_OFFLINE`` or ``HF_HUB_OFFLINE`` is on.
+   The environment settings are read by :mod:`attnzoo.settings`, with the same meaning as for the datasets.
 
 Safety by construction:
 
@@ -50,6 +51,8 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+
+from attnzoo import settings
 
 MANIFEST = "manifest.json"
 CONFIG = "config.json"
@@ -424,7 +427,7 @@ def embedded_dir() -> Path | None:
 
 def hub_dirs() -> list[Path]:
     """Hub folders searched in order: ``$ATTNZOO_HUB_DIR`` (os.pathsep-separated), then the embedded one."""
-    dirs = [Path(p) for p in os.environ.get("ATTNZOO_HUB_DIR", "").split(os.pathsep) if p]
+    dirs = settings.hub_dirs()
     embedded = embedded_dir()
     return dirs + ([embedded] if embedded is not None else [])
 
@@ -586,29 +589,33 @@ def cache_root(override: str | os.PathLike | None = None) -> Path:
     """The download cache: ``override``, else ``$ATTNZOO_CACHE``, else ``~/.cache/attnzoo``."""
     if override is not None:
         return Path(override)
-    return Path(os.environ.get("ATTNZOO_CACHE", Path.home() / ".cache" / "attnzoo"))
+    return settings.cache_dir()
 
 
 def offline() -> bool:
-    truthy = ("1", "true", "yes", "on")
-    return any(os.environ.get(v, "").lower() in truthy for v in ("ATTNZOO_OFFLINE", "HF_HUB_OFFLINE"))
+    """True when ``$ATTNZOO_OFFLINE`` or ``$HF_HUB_OFFLINE`` is on (see :func:`attnzoo.settings.offline`)."""
+    return settings.offline()
 
 
-def _seconds(value: Any, argument: str, variable: str, default: float) -> float:
-    given = f"{argument}={value!r}" if value is not None else f"${variable}={os.environ.get(variable)!r}"
+def _seconds(value: Any, argument: str, from_environment: Callable[[float], float], default: float) -> float:
+    if value is None:
+        try:
+            return from_environment(default)
+        except ValueError as err:
+            raise ValueError(f"download {argument} {err}") from None
     try:
-        seconds = float(value if value is not None else os.environ.get(variable, default))
+        seconds = float(value)
     except (TypeError, ValueError):
         seconds = math.nan
     if not (math.isfinite(seconds) and seconds > 0):
-        raise ValueError(f"download {argument} {given} must be a positive number of seconds")
+        raise ValueError(f"download {argument} {argument}={value!r} must be a positive number of seconds")
     return seconds
 
 
 def download_limits(timeout: float | None = None, deadline: float | None = None) -> tuple[float, float]:
     """(seconds one read may wait, seconds the whole download may take): arguments, else the environment."""
-    return (_seconds(timeout, "timeout", "ATTNZOO_DOWNLOAD_TIMEOUT", DEFAULT_TIMEOUT),
-            _seconds(deadline, "deadline", "ATTNZOO_DOWNLOAD_DEADLINE", DEFAULT_DEADLINE))
+    return (_seconds(timeout, "timeout", settings.download_timeout, DEFAULT_TIMEOUT),
+            _seconds(deadline, "deadline", settings.download_deadline, DEFAULT_DEADLINE))
 
 
 def _temp_prefix(name: str) -> str:

@@ -5,8 +5,9 @@ The four idx files are looked for, in this order:
 1. ``root`` when given: the files themselves (``.gz`` or uncompressed) or torchvision's ``FashionMNIST/raw``
    layout under it;
 2. the Debian package ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``);
-3. a torchvision download into ``root`` (or ``~/.cache/attnzoo/datasets``) where a network exists and neither
-   ``ATTNZOO_OFFLINE`` nor ``HF_HUB_OFFLINE`` is set.
+3. a torchvision download into ``root`` (or ``datasets/`` of the cache, ``$ATTNZOO_CACHE`` or ``~/.cache/attnzoo``)
+   where a network exists and neither ``ATTNZOO_OFFLINE`` nor ``HF_HUB_OFFLINE`` is on (read by
+   :mod:`attnzoo.settings`, with the same meaning as for the hub).
 
 If none works, a ``FileNotFoundError`` names the three ways. The idx files are parsed here (no torchvision
 needed for the first two) and kept in memory per process, so building a split twice costs nothing.
@@ -31,6 +32,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
+
+from attnzoo import settings
 
 __all__ = [
     "CLASSES",
@@ -79,12 +82,8 @@ def _find_in(folder: Path, split: str) -> tuple[Path, Path] | None:
     return found[0], found[1]
 
 
-def _offline() -> bool:
-    return any(os.environ.get(var, "") not in ("", "0") for var in ("ATTNZOO_OFFLINE", "HF_HUB_OFFLINE"))
-
-
 def _default_download_root() -> Path:
-    return Path(os.environ.get("ATTNZOO_CACHE", Path.home() / ".cache" / "attnzoo")) / "datasets"
+    return settings.cache_dir() / "datasets"
 
 
 def _torchvision_download(root: Path) -> str | None:
@@ -108,7 +107,7 @@ def find_fashion_mnist(split: str, root: str | os.PathLike | None = None, downlo
     Args:
         split: 'train' or 'test'.
         root: a folder holding the idx files, or torchvision's root (with ``FashionMNIST/raw`` under it).
-        download: allow the torchvision download; None means "unless ATTNZOO_OFFLINE / HF_HUB_OFFLINE is set".
+        download: allow the torchvision download; None means "unless ATTNZOO_OFFLINE / HF_HUB_OFFLINE is on".
     """
     if split not in SPLITS:
         raise ValueError(f"split={split!r} is not one of {SPLITS}")
@@ -126,8 +125,8 @@ def find_fashion_mnist(split: str, root: str | os.PathLike | None = None, downlo
     if hit is not None:
         return hit
     if download is None:
-        download = not _offline()
-    reason = "downloads are disabled (ATTNZOO_OFFLINE / HF_HUB_OFFLINE is set, or download=False)"
+        download = not settings.offline()
+    reason = "downloads are disabled (ATTNZOO_OFFLINE / HF_HUB_OFFLINE is on, or download=False)"
     if download:
         reason = _torchvision_download(target) or ""
         hit = _find_in(target / "FashionMNIST" / "raw", split)
