@@ -10,8 +10,11 @@ import attnzoo.layers
 
 
 def test_top_level_names():
-    for name in ("create_model", "list_models", "list_pretrained", "save_pretrained", "from_pretrained"):
+    for name in ("create_model", "list_models", "list_pretrained", "save_pretrained", "from_pretrained", "model_task",
+                 "register_model"):
         assert callable(getattr(attnzoo, name)), name
+        assert name in attnzoo.__all__ and getattr(attnzoo.zoo, name) is getattr(attnzoo, name), name
+    assert attnzoo.model_task("ela_resnet18") == "classification" and attnzoo.model_task("tangnn.karate") == "graph"
     assert inspect.signature(attnzoo.create_model).parameters["pretrained"].default is False
     assert set(inspect.signature(attnzoo.list_models).parameters) == {"pattern", "pretrained", "task"}
 
@@ -21,6 +24,18 @@ def test_layer_names():
                  "TopMAttentionConv"):
         layer = getattr(attnzoo.layers, name)
         assert hasattr(layer, "reset_parameters") and hasattr(layer, "extra_repr"), name
+
+
+def test_nothing_outside_the_zoo_imports_its_private_registry():
+    from pathlib import Path
+
+    root = Path(attnzoo.__file__).resolve().parents[1]
+    files = [p for part in ("attnzoo", "tests", "examples", "benchmarks") for p in (root / part).rglob("*.py")
+             if (root / "attnzoo" / "zoo") not in p.parents and p != Path(__file__).resolve()]
+    assert files
+    wrong = [str(p.relative_to(root)) for p in files if "zoo._registry" in p.read_text() or
+             "from attnzoo.zoo import _registry" in p.read_text()]
+    assert not wrong, f"import the registry's public names from attnzoo or attnzoo.zoo instead: {wrong}"
 
 
 def test_ops_take_backend():
