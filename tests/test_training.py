@@ -64,6 +64,46 @@ def test_warmup_cosine_schedule():
     assert f(55) == pytest.approx(0.5) and f(99) == pytest.approx(0.5 * (1 + math.cos(math.pi * 89 / 90)))
 
 
+def _recipe_rates(total: int, warm: int, lr: float) -> list[float]:
+    """The rate of each optimiser step under the recipe: (k+1)/W ramp, then cosine from the peak to zero."""
+    return [lr * ((k + 1) / warm if k < warm else 0.5 * (1 + math.cos(math.pi * (k - warm) / (total - warm))))
+            for k in range(total)]
+
+
+def test_recipe_steps_the_optimizer_through_the_warmup_cosine_rates():
+    tr.seed_everything(0)
+    # 96 samples / batch 8 = 12 steps, warm-up round(0.25 * 12) = 3 steps
+    result = tr.train_classifier(tiny_cnn(), quadrant_data(96, 0), None, epochs=1, lr=0.01, seed=0, batch_size=8,
+                                 warmup=0.25, progress=False, log_every=1)
+    # a row logged after step n holds the rate of step n (0-based), the one after the last step 0
+    logged = [row["lr"] for row in result.history]
+    expected = _recipe_rates(12, 3, 0.01)[1:] + [0.0]
+    assert len(logged) == 12
+    for got, want in zip(logged, expected, strict=True):
+        assert got == pytest.approx(want, rel=1e-12, abs=1e-15)
+
+
+def test_timm_cosine_scheduler_cannot_reproduce_the_recipe():
+    """Why the schedule is hand-written: the recipe holds the peak two steps, timm's warm-up + cosine one."""
+    from timm.scheduler import CosineLRScheduler
+
+    total, warm, lr = 40, 4, 1.0
+    ref = _recipe_rates(total, warm, lr)
+    assert ref[warm - 1] == ref[warm] == lr
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=lr)
+    # the closest timm arguments: the same ramp, then the cosine one step ahead
+    sched = CosineLRScheduler(opt, t_initial=total - warm + 1, warmup_t=warm - 1, warmup_lr_init=lr / warm,
+                              warmup_prefix=True, t_in_epochs=False)
+    rates = []
+    for k in range(total):
+        rates.append(opt.param_groups[0]["lr"])
+        sched.step_update(k + 1)
+    assert rates[:warm] == pytest.approx(ref[:warm], rel=1e-12)
+    gap = max(abs(a - b) for a, b in zip(rates, ref, strict=True))
+    assert 0.01 < gap < math.pi / (total - warm)  # a one-step shift of the cosine
+    assert sum(r == lr for r in rates) == 1
+
+
 def test_train_classifier_fits_and_logs(tmp_path):
     tr.seed_everything(0)
     model = tiny_cnn()

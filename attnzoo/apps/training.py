@@ -214,6 +214,18 @@ def random_flip_shift(x: torch.Tensor, generator: torch.Generator, max_shift: in
 
 
 def _warmup_cosine(total_steps: int, warmup: float) -> Callable[[int], float]:
+    """LambdaLR factor of optimiser step ``k`` (0-based): ``(k + 1) / W`` for ``k < W = max(1, round(warmup·T))``,
+    then ``(1 + cos(pi·(k - W) / (T - W))) / 2``.
+
+    Kept hand-written: timm's ``CosineLRScheduler`` (``t_in_epochs=False``, ``step_update``) cannot give these
+    per-step rates, and every published classification and segmentation checkpoint was trained with them. This
+    schedule holds the peak for two steps (``k = W - 1`` ends the ramp at 1, ``k = W`` starts the cosine at 1);
+    timm's ramp ``warmup_lr_init + t·(lr - warmup_lr_init) / warmup_t`` stays below the peak until ``t = warmup_t``,
+    where its cosine starts, so no choice of its arguments (or of a constant offset in ``step_update``) matches for
+    ``W > 1``. The closest (``warmup_t=W-1, warmup_lr_init=lr/W, warmup_prefix=True, t_initial=T-W+1``) matches the
+    ramp and then runs one step ahead: max |delta lr| / lr = 3.4e-4 for the 2,808-step ela_resnet18.fmnist recipe,
+    1.0e-3 at 936 steps; the plain ``warmup_t=W, t_initial=T-W`` is off by lr/W (7.1e-3 at 2,808 steps).
+    """
     warm = max(1, int(round(warmup * total_steps)))
 
     def factor(step: int) -> float:
