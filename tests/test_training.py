@@ -104,6 +104,34 @@ def test_timm_cosine_scheduler_cannot_reproduce_the_recipe():
     assert sum(r == lr for r in rates) == 1
 
 
+def test_segmentation_loss_is_bce_plus_per_image_soft_dice():
+    from segmentation_models_pytorch.losses import DiceLoss
+
+    g = torch.Generator().manual_seed(0)
+    logits = 3 * torch.randn(6, 1, 7, 7, generator=g, dtype=torch.float64)
+    mask = (torch.rand(6, 1, 7, 7, generator=g, dtype=torch.float64) < 0.3).double()
+    mask[0] = 0  # an image with an empty target
+    dice_terms = []
+    for p, t in zip(logits.sigmoid(), mask, strict=True):
+        dice_terms.append(1 - (2 * (p * t).sum() + 1) / (p.sum() + t.sum() + 1))
+    bce = F.binary_cross_entropy(logits.sigmoid(), mask)
+    loss = tr._segmentation_loss(logits, mask)
+    torch.testing.assert_close(loss, bce + torch.stack(dice_terms).mean(), rtol=1e-12, atol=1e-12)
+    assert dice_terms[0] > 0.5  # the empty target still pulls confident foreground down
+
+    # smp's DiceLoss equals the Dice term only per image (batch as channels, smooth=0.5) and non-empty targets
+    def ours(lg, mk):
+        return tr._segmentation_loss(lg, mk) - F.binary_cross_entropy_with_logits(lg, mk)
+
+    per_image = DiceLoss("multilabel", from_logits=True, smooth=0.5)
+    full = (slice(1, None),)
+    torch.testing.assert_close(per_image(logits[full].transpose(0, 1), mask[full].transpose(0, 1)),
+                               ours(logits[full], mask[full]), rtol=1e-12, atol=1e-12)
+    assert (per_image(logits.transpose(0, 1), mask.transpose(0, 1)) - ours(logits, mask)).abs() > 0.05
+    per_batch = DiceLoss("binary", from_logits=True, smooth=0.5)(logits[full], mask[full])
+    assert (per_batch - ours(logits[full], mask[full])).abs() > 1e-4
+
+
 def test_train_classifier_fits_and_logs(tmp_path):
     tr.seed_everything(0)
     model = tiny_cnn()
