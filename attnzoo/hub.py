@@ -603,13 +603,7 @@ def _seconds(value: Any, argument: str, from_environment: Callable[[float], floa
             return from_environment(default)
         except ValueError as err:
             raise ValueError(f"download {argument} {err}") from None
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        seconds = math.nan
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise ValueError(f"download {argument} {argument}={value!r} must be a positive number of seconds")
-    return seconds
+    return settings.positive_seconds(value, f"download {argument} {argument}={value!r}")
 
 
 def download_limits(timeout: float | None = None, deadline: float | None = None) -> tuple[float, float]:

@@ -23,9 +23,10 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 __all__ = ["FALSE_VALUES", "TRUE_VALUES", "cache_dir", "download_deadline", "download_timeout", "env_flag",
-           "env_seconds", "hub_dirs", "offline"]
+           "env_seconds", "hub_dirs", "offline", "positive_seconds"]
 
 TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
 FALSE_VALUES = frozenset({"", "0", "false", "no", "off"})
@@ -45,18 +46,21 @@ def env_flag(name: str, default: bool = False) -> bool:
                      f"{', '.join(sorted(FALSE_VALUES - {''}))} or an empty value (off)")
 
 
+def positive_seconds(value: Any, given: str) -> float:
+    """``value`` as a positive, finite number of seconds; else a ValueError that starts with ``given``."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"{given} must be a positive number of seconds")
+    return seconds
+
+
 def env_seconds(name: str, default: float) -> float:
     """A positive, finite number of seconds from ``$name``; ``default`` when it is unset or empty."""
     raw = os.environ.get(name, "")
-    if not raw.strip():
-        return default
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = math.nan
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise ValueError(f"${name}={raw!r} must be a positive number of seconds")
-    return seconds
+    return positive_seconds(raw, f"${name}={raw!r}") if raw.strip() else default
 
 
 def offline() -> bool:

@@ -6,7 +6,6 @@ attnzoo does not import PyG (PEP 562 module ``__getattr__``).
 """
 
 import importlib
-import warnings
 
 from timm.layers import register_notrace_function
 
@@ -21,6 +20,7 @@ from attnzoo.layers.mkdc import MKDC, MKIR
 from attnzoo.layers.moh import MoHAttention, moh_load_balance_loss
 from attnzoo.layers.neighborhood import NeighborhoodAttention2D
 from attnzoo.layers.ninformer import NiNBlock
+from attnzoo.layers.scripting import torch_jit_script_deprecation_silenced
 from attnzoo.layers.ulsam import ULSAM
 
 __all__ = ["DeformableAttention3D", "ELA", "FlowAttention", "GatedAttention", "HaloAttention", "MKDC", "MKIR",
@@ -41,10 +41,7 @@ _LAZY_LAYERS = {"TopMAttentionConv": "attnzoo.layers.topm"}
 def __getattr__(name: str):
     if name not in _LAZY_LAYERS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    # PyG scripts a class at import, which recent torch releases report as a FutureWarning on every run; it is
-    # PyG's to fix, so it is silenced for this import only
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+    with torch_jit_script_deprecation_silenced():  # the lazy layers import PyG
         value = getattr(importlib.import_module(_LAZY_LAYERS[name]), name)
     globals()[name] = value  # later look-ups skip __getattr__
     return value

@@ -10,7 +10,20 @@ anywhere in a model is enough.
 
 from __future__ import annotations
 
-__all__ = ["NotScriptable"]
+import contextlib
+import warnings
+from collections.abc import Iterator
+
+__all__ = ["NotScriptable", "torch_jit_script_deprecation_silenced"]
+
+
+@contextlib.contextmanager
+def torch_jit_script_deprecation_silenced() -> Iterator[None]:
+    """Around an import of PyTorch Geometric: PyG scripts a class at import, which recent torch releases report as a
+    FutureWarning on every run of every program; it is PyG's to fix, so it is silenced for that import only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+        yield
 
 
 class NotScriptable:

@@ -23,15 +23,14 @@ module (and PyG) when one of them is built::
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 
 from torch import Tensor
 
-# PyG scripts a class at import, which recent torch releases report as a FutureWarning on every run; it is PyG's to
-# fix, so it is silenced for this import only (this module is imported on first use, not by `import attnzoo`)
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+from attnzoo.layers.scripting import torch_jit_script_deprecation_silenced
+
+# this module is imported on first use, not by `import attnzoo`
+with torch_jit_script_deprecation_silenced():
     from torch_geometric.nn import MLP, global_add_pool, global_max_pool, global_mean_pool
     from torch_geometric.nn.aggr import Aggregation
     from torch_geometric.nn.models.basic_gnn import BasicGNN
