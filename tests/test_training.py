@@ -165,11 +165,13 @@ def test_training_is_reproducible_with_a_seed():
     assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
 
 
-def test_max_steps_caps_the_run():
+@pytest.mark.parametrize("max_steps", [6, 3])
+def test_max_steps_caps_the_run(max_steps):
+    # 3 steps over 2 epochs: 2 in the first, 1 in the second (a per-epoch cap alone would give 4)
     tr.seed_everything(0)
     result = tr.train_classifier(tiny_cnn(), quadrant_data(256, 0), None, epochs=2, seed=0, batch_size=16,
-                                 max_steps=6, progress=False)
-    assert result.steps == 6 and result.metrics == {}
+                                 max_steps=max_steps, progress=False)
+    assert result.steps == max_steps and result.metrics == {}
 
 
 def test_evaluate_classifier_matches_direct_computation():

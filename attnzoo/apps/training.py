@@ -357,7 +357,7 @@ def _fit(objective: _Objective, model: nn.Module, train_ds: Dataset, val_ds: Dat
     if len(loader) == 0:
         raise ValueError(f"train_ds has {len(train_ds)} samples per rank < batch_size={batch_size}; lower batch_size")
     steps_per_epoch = len(loader) if max_steps is None else min(len(loader), math.ceil(max_steps / epochs))
-    total = steps_per_epoch * epochs
+    total = steps_per_epoch * epochs if max_steps is None else min(steps_per_epoch * epochs, max_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(total, warmup))
     net: nn.Module = model
     if world > 1:
@@ -377,7 +377,7 @@ def _fit(objective: _Objective, model: nn.Module, train_ds: Dataset, val_ds: Dat
         running, count = 0.0, 0
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress or rank != 0)
         for i, (inputs, targets) in enumerate(loader):
-            if i == steps_per_epoch:
+            if i == steps_per_epoch or step == total:
                 break
             inputs, targets = inputs.to(device), targets.to(device)
             if augment:
