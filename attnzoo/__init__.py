@@ -8,7 +8,9 @@ Importing attnzoo registers every model (timm's classifiers in timm's registry t
 Geometric or segmentation-models-pytorch: those are imported when a model or layer that needs them is built.
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import version as _installed_version
+
+__version__ = _installed_version("attnzoo")  # one source: pyproject.toml
 
 from attnzoo.zoo import (  # noqa: E402  (registers every model, in attnzoo's and timm's registries)
     create_model,

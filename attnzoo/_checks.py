@@ -1,7 +1,8 @@
 """Input checks shared by layers and ops: bad input gets a ValueError naming the argument, the value and the fix.
 
-Constructor arguments go through :func:`check_int` (every layer and model's int hyper-parameters) and
-:func:`check_act_layer` (activation names resolved by timm's factory); tensors through the ``check_*`` shape checks.
+Constructor arguments go through :func:`check_int` (every layer, op and model's int hyper-parameters),
+:func:`check_probability` (dropout and drop-path rates) and :func:`check_act_layer` (activation names resolved by
+timm's factory); tensors through the ``check_*`` shape checks.
 
 The tensor checks read shapes, so ``torch.fx`` cannot trace through them; :mod:`attnzoo.layers` registers each of them
 with timm's ``register_notrace_function``, so that timm's FX feature extraction keeps them as leaf calls (they still
@@ -25,6 +26,15 @@ def check_int(name: str, value: object, minimum: int = 1, where: str | None = No
     if value < minimum:
         raise ValueError(f"{prefix}{name} must be {expected}, got {value!r}")
     return value
+
+
+def check_probability(name: str, value: object, where: str | None = None) -> float:
+    """Return ``value`` as a float if it is a real number in [0, 1) (a dropout or drop-path rate), else a
+    ValueError naming the argument and the value. ``where`` prefixes the message."""
+    prefix = f"{where}: " if where else ""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{prefix}{name}={value!r}, expected a float in [0, 1)")
+    return float(value)
 
 
 def check_act_layer(act_layer: Any, where: str | None = None) -> Any:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import importlib.metadata
 import ipaddress
 import json
 import math
@@ -668,11 +669,9 @@ def _stream(url: str, out: Any, record: CheckpointRecord, timeout: float, deadli
     """Copy ``url`` into ``out``: at most ``record.size`` bytes, exactly that many, within ``deadline`` seconds."""
     from tqdm.auto import tqdm
 
-    from attnzoo import __version__
-
     start = time.monotonic()
     opener = urllib.request.build_opener(_CheckedRedirects)
-    request = urllib.request.Request(url, headers={"User-Agent": f"attnzoo/{__version__}",
+    request = urllib.request.Request(url, headers={"User-Agent": f"attnzoo/{importlib.metadata.version('attnzoo')}",
                                                    "Accept-Encoding": "identity"})
     with opener.open(request, timeout=timeout) as response:
         announced = response.headers.get("Content-Length")

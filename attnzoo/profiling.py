@@ -16,7 +16,7 @@ Conventions (cost of one call, summed over every call, so a module shared by sev
 - Max/avg pooling, adaptive or not: ``numel(input)``.
 - ``Upsample``: ``numel(output)``.
 - Everything else (functional ops, parameters used directly, attention products) counts zero: pass
-  ``custom_hooks`` to price a module type yourself.
+  ``custom_hooks`` to price a module type yourself, and ``ops=True`` to count attnzoo's custom ops.
 
 Where this differs from ptflops on purpose:
 
@@ -29,12 +29,14 @@ Where this differs from ptflops on purpose:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
 
 MacHook = Callable[[nn.Module, tuple[Any, ...], Any], int]
 
@@ -113,9 +115,14 @@ def _hook_for(module: nn.Module, hooks: Mapping[type[nn.Module], MacHook]) -> Ma
 
 
 def count_macs(model: nn.Module, example_input: torch.Tensor | tuple[Any, ...] | Mapping[str, Any],
-               custom_hooks: Mapping[type[nn.Module], MacHook] | None = None, per_module: bool = False
-               ) -> int | tuple[int, dict[str, int]]:
+               custom_hooks: Mapping[type[nn.Module], MacHook] | None = None, per_module: bool = False,
+               ops: bool = False) -> int | tuple[int, dict[str, int]]:
     """Multiply-accumulates of one forward pass over ``example_input``, counted on modules as ptflops does.
+
+    ``ops=True`` adds the work inside attnzoo's custom ops (halo, neighborhood, top-m, deformable attention, the
+    ELA gate), which no module hook sees: each op's registered FLOP formula (``torch.utils.flop_counter``, read
+    through ``FlopCounterMode``) halved, as one multiply-accumulate is two FLOPs. ``per_module`` then holds them
+    under ``'<op> (attnzoo op)'``.
 
     The model runs once under ``torch.no_grad()`` in eval mode (BatchNorm uses running statistics, dropout is
     off); its training flag is restored afterwards. See the module docstring for what each type costs.
@@ -125,6 +132,7 @@ def count_macs(model: nn.Module, example_input: torch.Tensor | tuple[Any, ...] |
         example_input: a tensor, a tuple of positional arguments, or a dict of keyword arguments.
         custom_hooks: extra or overriding ``{module type: fn(module, inputs, output) -> MACs}`` rules.
         per_module: also return ``{qualified module name: MACs}`` for every module that counted something.
+        ops: also count attnzoo's custom ops (off by default: published numbers follow ptflops, which cannot).
 
     Returns:
         The total MACs, or ``(total, per_module_counts)`` when ``per_module`` is set.
@@ -149,8 +157,9 @@ def count_macs(model: nn.Module, example_input: torch.Tensor | tuple[Any, ...] |
             handles.append(module.register_forward_hook(make_hook(name, price)))
     was_training = model.training
     model.eval()
+    counter = FlopCounterMode(display=False) if ops else contextlib.nullcontext()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), counter:
             if isinstance(example_input, torch.Tensor):
                 model(example_input)
             elif isinstance(example_input, tuple):
@@ -161,5 +170,19 @@ def count_macs(model: nn.Module, example_input: torch.Tensor | tuple[Any, ...] |
         for handle in handles:
             handle.remove()
         model.train(was_training)
+    if ops:
+        for op, flops in counter.get_flop_counts().get("Global", {}).items():
+            if str(op).startswith("attnzoo."):
+                counts[f"{str(op).removeprefix('attnzoo.')} (attnzoo op)"] = flops // 2
     total = sum(counts.values())
     return (total, counts) if per_module else total
+
+
+def sdpa_product_macs(batch: int, heads: int, queries: int, keys: int, head_dim: int,
+                      value_dim: int | None = None) -> int:
+    """MACs of ``q k^T`` and ``attn v``: ``B H L S (d + d_v)`` (softmax and scaling are not counted).
+
+    The attention products are functional matmuls, which module hooks do not see: attention layers price them
+    with this in their ``custom_hooks`` entry of :func:`count_macs`.
+    """
+    return batch * heads * queries * keys * (head_dim + (head_dim if value_dim is None else value_dim))

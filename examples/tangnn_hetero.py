@@ -41,8 +41,8 @@ def image_superpixel_graph(images: int, k: int = 5, seed: int = 0, fmnist_root: 
     from torch_geometric.data import Batch, HeteroData
 
     from attnzoo.data.fashion_mnist import fashion_mnist
-    from attnzoo.data.graphs import knn_graph
     from attnzoo.data.superpixels import FashionMNISTSuperpixels
+    from attnzoo.layers import knn_graph
 
     graphs = Batch.from_data_list(list(FashionMNISTSuperpixels(cache, split="test", num_images=images, seed=seed,
                                                                fmnist_root=fmnist_root)))

@@ -90,3 +90,18 @@ def test_bad_input():
         count_params("resnet")
     with pytest.raises(TypeError, match="example_input"):
         count_macs(nn.ReLU(), [torch.randn(1)])
+
+
+def test_count_macs_with_ops_counts_the_attention_inside_attnzoo_ops():
+    # HaloAttention at 32x32, 64 channels, 8-px blocks with a 3-px halo: every query attends to a 14x14 window
+    # (q.k and attn.v over all 64 channels) and adds 14 height + 14 width relative logits per channel
+    from attnzoo.layers import HaloAttention
+
+    layer, x = HaloAttention(64, 64, block_size=8, halo_size=3), torch.randn(1, 64, 32, 32)
+    modules = count_macs(layer, x)
+    assert modules == 3 * 64 * 64 * 32 * 32  # the q, k and v 1x1 convs only
+    total, per_module = count_macs(layer, x, ops=True, per_module=True)
+    window = 8 + 2 * 3
+    attention = 32 * 32 * (window * window * (64 + 64) + 2 * window * 64)
+    assert per_module["halo_attention (attnzoo op)"] == attention
+    assert total == modules + attention

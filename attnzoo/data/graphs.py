@@ -1,9 +1,8 @@
 """Graph data for the graph layers: KarateClub, a k-NN graph of Fashion-MNIST images, and synthetic generators.
 
 * :func:`karate_club` -- PyG's built-in KarateClub (34 vertices, 4 classes, one training vertex per class).
-* :func:`knn_graph` -- exact k-nearest-neighbour graph of any feature matrix, blockwise (memory O(N·k), never
-  N×N) through :func:`attnzoo.kernels.topm.topm_knn`; :func:`fashion_mnist_knn_graph` applies it to
-  Fashion-MNIST images (real features, node classification).
+* :func:`fashion_mnist_knn_graph` -- Fashion-MNIST images joined by their exact k-NN graph
+  (:func:`attnzoo.layers.knn_graph`; real features, node classification).
 * :func:`sbm_graph` -- stochastic block model with class-dependent features (PyG's generator; O(N²) sampling,
   for graphs up to some thousands of vertices); :func:`fake_dataset` -- PyG's ``FakeDataset``, seeded;
   :func:`random_graph` -- exactly ``edges_per_node`` random in-edges per vertex, for scale runs up to millions.
@@ -24,13 +23,12 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.datasets import FakeDataset, KarateClub
 from torch_geometric.utils import stochastic_blockmodel_graph, to_undirected
 
-from attnzoo.kernels.topm import topm_knn
+from attnzoo.layers.knn_graph import knn_graph
 
 __all__ = [
     "fake_dataset",
     "fashion_mnist_knn_graph",
     "karate_club",
-    "knn_graph",
     "long_range_graphs",
     "random_graph",
     "sbm_graph",
@@ -69,43 +67,6 @@ def karate_club() -> Data:
     data = KarateClub()[0]
     data.test_mask = ~data.train_mask
     return data
-
-
-def knn_graph(features: Tensor, k: int, block_size: int = 1024, cosine: bool = False) -> Tensor:
-    """Directed k-NN graph: an edge from each of a vertex's k nearest neighbours to the vertex (PyG's flow).
-
-    Exact search by Euclidean distance (or cosine similarity), computed in blocks: ``-|x - y|²`` ranks like
-    ``2x·y - |y|²``, a dot product of ``[2x, -1]`` with ``[y, |y|²]``. A vertex is never its own neighbour.
-
-    Args:
-        features: one row per vertex.
-        k: neighbours per vertex (clamped to N - 1).
-        block_size: rows and columns of one similarity tile.
-        cosine: rank by cosine similarity instead of Euclidean distance.
-
-    Shapes:
-        features ``[N, F]`` -> edge_index ``[2, N·min(k, N-1)]``.
-    """
-    if features.dim() != 2 or not features.is_floating_point():
-        raise ValueError(f"features must be a floating tensor [N, F], got {features.dtype} {tuple(features.shape)}")
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    num = features.size(0)
-    k = min(k, num - 1)
-    if k < 1:
-        return torch.empty(2, 0, dtype=torch.long, device=features.device)
-    if cosine:
-        query = key = torch.nn.functional.normalize(features, dim=1)
-    else:
-        ones = features.new_ones(num, 1)
-        query = torch.cat([2 * features, -ones], 1)  # [N, F+1]
-        key = torch.cat([features, features.square().sum(1, keepdim=True)], 1)  # [N, F+1]
-    cand = topm_knn(query, key, k + 1, block_size=block_size, backend="torch")  # [N, k+1]
-    # Drop the vertex itself; where exact duplicates outrank it, drop the last candidate instead.
-    keep = cand != torch.arange(num, device=cand.device).unsqueeze(1)
-    keep &= torch.cumsum(keep, 1) <= k
-    target = torch.arange(num, device=cand.device).unsqueeze(1).expand_as(cand)
-    return torch.stack([cand[keep], target[keep]])
 
 
 def fashion_mnist_knn_graph(split: str = "train", k: int = 10, num_nodes: int | None = None,

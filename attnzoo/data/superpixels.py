@@ -12,7 +12,7 @@ whose position is the centroid. :class:`FashionMNISTSuperpixels` does the same w
   (``[1]``);
 * edges, both directions: ``'rag'`` (default) joins superpixels that share a border (4-connected pixels), the
   region adjacency graph; ``'knn'`` joins every superpixel to its ``k`` nearest centroids
-  (:func:`attnzoo.data.graphs.knn_graph`).
+  (:func:`attnzoo.layers.knn_graph`).
 
 The graphs are built once per setting and cached as a processed file under
 ``$ATTNZOO_CACHE/datasets/fmnist_superpixels`` (default ``~/.cache/attnzoo/...``, the folder Fashion-MNIST itself is
@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch_geometric.data import Data, InMemoryDataset
+
+from attnzoo._checks import check_int
 
 __all__ = ["EDGE_MODES", "FashionMNISTSuperpixels", "superpixel_graph", "superpixels_from_spec"]
 
@@ -126,7 +128,7 @@ def superpixel_graph(image: np.ndarray | Tensor, n_segments: int = 75, compactne
     if edges == "rag":
         edge_index = _region_adjacency(labels)
     else:
-        from attnzoo.data.graphs import knn_graph
+        from attnzoo.layers import knn_graph
 
         edge_index = knn_graph(pos.float(), k)
     return Data(x=x, pos=pos.float(), edge_index=edge_index)
@@ -166,8 +168,7 @@ class FashionMNISTSuperpixels(InMemoryDataset):
             raise ValueError(f"edges must be one of {EDGE_MODES}, got {edges!r}")
         for name, value in (("n_segments", n_segments), ("k", k)) + ((("num_images", num_images),)
                                                                      if num_images is not None else ()):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+            check_int(name, value, where="FashionMNISTSuperpixels")
         if not compactness > 0:
             raise ValueError(f"compactness must be > 0, got {compactness!r}")
         self.split, self.num_images, self.n_segments, self.compactness = split, num_images, n_segments, compactness

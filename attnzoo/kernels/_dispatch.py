@@ -72,6 +72,14 @@ def triton_kernels(module: str) -> ModuleType:
     return importlib.import_module(f"attnzoo.kernels.{module}")
 
 
+def accumulation_dtypes(dtype: torch.dtype) -> tuple[torch.dtype, object]:
+    """(torch, triton) accumulation dtype of the Triton kernels for ``dtype`` inputs: fp64 for fp64 (so gradcheck
+    runs through the kernels), fp32 otherwise. Called by the launchers only, so importing Triton here is free."""
+    import triton.language as tl
+
+    return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
+
+
 def resolve_backend(backend: str | None, tensor: torch.Tensor) -> str:
     """Turn a backend request into 'torch' or 'triton' for ``tensor``'s device; refuse impossible requests.
 

@@ -25,6 +25,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from attnzoo.kernels._dispatch import accumulation_dtypes
+
 __all__ = ["deform_attn_3d_backward", "deform_attn_3d_forward", "ms_deform_attn_backward", "ms_deform_attn_forward"]
 
 
@@ -176,11 +178,6 @@ def _deform_attn_bwd_kernel(grad_out_ptr, value_ptr, depth_ptr, shapes_ptr, star
 # -------------------------------------------------------------------------------------------- launchers
 
 
-def _acc_dtypes(dtype: torch.dtype) -> tuple[torch.dtype, tl.dtype]:
-    """Accumulation dtype (torch, triton): fp64 for fp64 inputs (gradcheck through the kernel), fp32 otherwise."""
-    return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
-
-
 def _blocks(num_queries: int, channels: int) -> tuple[int, int, int]:
     """BLOCK_Q, BLOCK_C and num_warps: tiles of about 1024 gathered elements, 8 per thread at 4 warps."""
     block_c = triton.next_power_of_2(channels)
@@ -195,7 +192,7 @@ def _launch_config(value: Tensor, sampling_locations: Tensor) -> tuple[tuple[int
     block_q, block_c, num_warps = _blocks(num_queries, channels)
     grid = (triton.cdiv(num_queries, block_q), bs * num_heads)
     sizes = dict(num_queries=num_queries, num_keys=value.shape[1], num_heads=num_heads, channels=channels,
-                 num_levels=num_levels, num_points=num_points, ACC=_acc_dtypes(value.dtype)[1], BLOCK_Q=block_q,
+                 num_levels=num_levels, num_points=num_points, ACC=accumulation_dtypes(value.dtype)[1], BLOCK_Q=block_q,
                  BLOCK_C=block_c, num_warps=num_warps)
     return grid, sizes
 
@@ -222,7 +219,7 @@ def _backward(grad_output: Tensor, value: Tensor, depth: Tensor | None, spatial_
     grad_output, value = grad_output.contiguous(), value.contiguous()
     spatial_shapes, level_start_index = spatial_shapes.contiguous(), level_start_index.contiguous()
     sampling_locations, attention_weights = sampling_locations.contiguous(), attention_weights.contiguous()
-    acc = _acc_dtypes(value.dtype)[0]
+    acc = accumulation_dtypes(value.dtype)[0]
     grad_value = torch.zeros(value.shape, dtype=acc, device=value.device)
     has_depth = depth is not None
     depth = depth.contiguous() if has_depth else value  # never read or written when HAS_DEPTH is False

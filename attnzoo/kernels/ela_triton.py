@@ -44,6 +44,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from attnzoo.kernels._dispatch import accumulation_dtypes
+
 __all__ = ["ela_gate_backward", "ela_gate_forward"]
 
 # elements per plane tile / per strip tile: 4 warps x 32 lanes x 8-32 elements, enough loads in flight per SM
@@ -309,11 +311,6 @@ def _strip_input_grad_kernel(grad_conv_ptr, w_ptr, grad_z_ptr, channels, blocks,
 # -------------------------------------------------------------------------------------------- launchers
 
 
-def _acc_dtypes(dtype: torch.dtype) -> tuple[torch.dtype, tl.dtype]:
-    """Accumulation dtype (torch, triton): fp64 for fp64 inputs (gradcheck through the kernel), fp32 otherwise."""
-    return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
-
-
 def _plane_launch(x: Tensor) -> tuple[tuple[int], dict]:
     """Grid and tile sizes for the plane kernels: whole rows per tile, several small planes per program."""
     b, c, h, w = x.shape
@@ -322,7 +319,7 @@ def _plane_launch(x: Tensor) -> tuple[tuple[int], dict]:
     block_h = max(1, min(triton.next_power_of_2(h), _PLANE_TILE // block_w))
     block_p = max(1, min(_PLANE_TILE // (block_h * block_w), triton.next_power_of_2(planes))) \
         if block_h >= h else 1
-    meta = dict(planes=planes, H=h, W=w, ACC=_acc_dtypes(x.dtype)[1], BLOCK_P=block_p, BLOCK_H=block_h,
+    meta = dict(planes=planes, H=h, W=w, ACC=accumulation_dtypes(x.dtype)[1], BLOCK_P=block_p, BLOCK_H=block_h,
                 BLOCK_W=block_w, num_warps=8 if block_p * block_h * block_w >= 4096 else 4)
     return (triton.cdiv(planes, block_p),), meta
 
@@ -340,7 +337,7 @@ class _Gates:
     def __init__(self, x: Tensor, weight: Tensor, norm_weight: Tensor, norm_bias: Tensor, groups: int,
                  norm_groups: int, eps: float) -> None:
         b, c, h, w = x.shape
-        acc = _acc_dtypes(x.dtype)[0]
+        acc = accumulation_dtypes(x.dtype)[0]
         self.strip_shape = (b, c, h + w)
         self.z = torch.empty(self.strip_shape, dtype=acc, device=x.device)
         self.conv = torch.empty_like(self.z)
@@ -350,7 +347,7 @@ class _Gates:
         _strip_reduce_kernel[grid](x, x, x, self.z, IS_GRAD=False, **meta)
         block_c, block_l = _strip_blocks(x, c // norm_groups)
         self.strip_meta = dict(channels=c, H=h, W=w, cin=c // groups, K=weight.shape[-1],
-                               ACC=_acc_dtypes(x.dtype)[1], BLOCK_L=block_l)
+                               ACC=accumulation_dtypes(x.dtype)[1], BLOCK_L=block_l)
         _gates_kernel[(b * norm_groups, 2)](self.z, weight, norm_weight, norm_bias, self.conv, self.stats,
                                             self.gates, norm_groups=norm_groups, eps=eps, BLOCK_C=block_c,
                                             **self.strip_meta)

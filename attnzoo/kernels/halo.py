@@ -33,6 +33,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from attnzoo._checks import check_int
 from attnzoo.kernels.define import define_op
 
 __all__ = ["HALO_ATTENTION", "halo_attention", "halo_attention_lowering", "halo_attention_reference"]
@@ -280,13 +281,6 @@ def halo_attention_lowering(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, h
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _check_int(name: str, value: int, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-
-
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, height_rel: torch.Tensor,
                   width_rel: torch.Tensor, block_size: int, halo_size: int, stride: int, scale: float,
                   scale_pos_embed: bool, mask_padding: bool) -> None:
@@ -300,8 +294,8 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, height_rel:
         expected_dim = 2 if name.endswith("_rel") else 4
         if t.dim() != expected_dim:
             raise ValueError(f"{name} must be {expected_dim}-D, got shape {tuple(t.shape)}")
-    _check_int("block_size", block_size, 1)
-    _check_int("halo_size", halo_size, 0)
+    check_int("block_size", block_size, 1, where="halo_attention")
+    check_int("halo_size", halo_size, 0, where="halo_attention")
     if stride not in (1, 2) or isinstance(stride, bool):
         raise ValueError(f"stride must be 1 or 2, got {stride!r}")
     if block_size % stride:

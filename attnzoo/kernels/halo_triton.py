@@ -40,6 +40,7 @@ import triton.language as tl
 from torch import Tensor
 
 from attnzoo.kernels import _dispatch
+from attnzoo.kernels._dispatch import accumulation_dtypes
 
 __all__ = ["halo_attention_backward", "halo_attention_forward"]
 
@@ -283,7 +284,7 @@ def _config(q: Tensor, k: Tensor, v: Tensor, block_size: int, halo_size: int, st
     block_q = min(max(16, triton.next_power_of_2(qb * qb)), max(16, tile // (kh * winp)))
     nbh, nbw = math.ceil(h / block_size), math.ceil(w / block_size)
     grid = (bh, nbh * nbw, triton.cdiv(qb * qb, block_q))
-    acc = tl.float64 if q.dtype == torch.float64 else tl.float32
+    acc = accumulation_dtypes(q.dtype)[1]
     # 16-bit operands go to the tensor cores as they are (P and dS rounded to them, as flash attention does); the
     # interpreter mis-multiplies bf16, so there they are upcast and multiplied in TF32, which is exact for them.
     native = not high and not _dispatch.triton_interpreting()
@@ -317,7 +318,7 @@ def halo_attention_backward(grad_out: Tensor, out: Tensor, q: Tensor, k: Tensor,
                             scale_pos_embed: bool, mask_padding: bool) -> tuple[Tensor, ...]:
     """Gradients (q, k, v, height_rel, width_rel), each in its input's dtype and shape."""
     grid, scalars, consts = _config(q, k, v, block_size, halo_size, stride, mask_padding, "backward")
-    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    acc = accumulation_dtypes(q.dtype)[0]
     split = min(_REL_GRAD_SPLIT, math.prod(grid))
     grad_q = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     grad_k = torch.zeros(k.shape, dtype=acc, device=q.device)

@@ -29,6 +29,7 @@ import math
 import torch
 from torch import Tensor
 
+from attnzoo._checks import check_int
 from attnzoo.kernels._dispatch import triton_kernels
 from attnzoo.kernels.define import define_op
 
@@ -111,8 +112,7 @@ def _check_scores(score: Tensor, m: int, batch: Tensor | None) -> None:
     if not isinstance(score, Tensor) or score.dim() != 1 or not score.is_floating_point():
         got = tuple(score.shape) if isinstance(score, Tensor) else type(score).__name__
         raise ValueError(f"score must be a floating 1-D [N] tensor, got {got}")
-    if m < 1:
-        raise ValueError(f"m must be >= 1, got {m}")
+    check_int("m", m, where="score_candidates")
     _check_batch(batch, score.size(0), "batch")
 
 
@@ -157,8 +157,7 @@ def sample_neighbor_mask(dst: Tensor, num_nodes: int, k: int, generator: torch.G
     Shapes:
         dst ``[E]`` -> keep ``[E]`` (bool).
     """
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+    check_int("k", k)
     num_edges = dst.size(0)
     noise = torch.rand(num_edges, generator=generator, device=dst.device)
     order = torch.sort(noise).indices
@@ -229,10 +228,8 @@ def _check_knn(query: Tensor, key: Tensor, m: int, batch_query: Tensor, batch_ke
         raise ValueError(f"query and key must be [N, F] and [S, F], got {tuple(query.shape)} and {tuple(key.shape)}")
     if query.dtype != key.dtype or not query.is_floating_point():
         raise TypeError(f"query and key must share one floating dtype, got {query.dtype} and {key.dtype}")
-    if m < 1:
-        raise ValueError(f"m must be >= 1, got {m}")
-    if block_size < 1:
-        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    check_int("m", m, where="topm_knn")
+    check_int("block_size", block_size, where="topm_knn")
     _check_batch(batch_query, query.size(0), "batch")
     _check_batch(batch_key, key.size(0), "batch_key")
 

@@ -34,6 +34,7 @@ import triton.language as tl
 from torch import Tensor
 
 from attnzoo.kernels import _dispatch
+from attnzoo.kernels._dispatch import accumulation_dtypes
 
 __all__ = ["topm_attention_backward", "topm_attention_forward", "topm_knn"]
 
@@ -249,16 +250,13 @@ def _topm_knn_kernel(q_ptr, k_ptr, bq_ptr, bk_ptr, first_ptr, last_ptr, out_ptr,
 # ---------------------------------------------------------------------------------------------- launchers
 
 
-def _acc(dtype: torch.dtype) -> tuple[torch.dtype, tl.dtype]:
-    return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
-
-
 def _attn_config(query: Tensor, value: Tensor, direction: str) -> tuple[tuple[int], dict]:
     """Grid and arguments of the ``direction`` ('forward' or 'backward') attention kernel."""
     heads, head_dim, val_dim = query.shape[1:] + value.shape[2:]
     block_h, block_d, block_c = (triton.next_power_of_2(n) for n in (heads, head_dim, val_dim))
     block_n = max(1, min(_ATTN_MAX_BLOCK_N, _ATTN_TILE[direction] // (block_h * max(block_d, block_c))))
-    consts = dict(BLOCK_N=block_n, BLOCK_H=block_h, BLOCK_D=block_d, BLOCK_C=block_c, ACC=_acc(query.dtype)[1])
+    consts = dict(BLOCK_N=block_n, BLOCK_H=block_h, BLOCK_D=block_d, BLOCK_C=block_c,
+                  ACC=accumulation_dtypes(query.dtype)[1])
     return (triton.cdiv(query.shape[0], block_n),), dict(num_heads=heads, head_dim=head_dim, val_dim=val_dim,
                                                          **consts)
 
@@ -279,7 +277,7 @@ def topm_attention_forward(query: Tensor, key: Tensor, value: Tensor, index: Ten
 def topm_attention_backward(grad_out: Tensor, query: Tensor, key: Tensor, value: Tensor, index: Tensor,
                             scale: float) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients (query, key, value), each in its input's dtype and shape."""
-    acc = _acc(query.dtype)[0]
+    acc = accumulation_dtypes(query.dtype)[0]
     grad_q = torch.zeros(query.shape, dtype=query.dtype, device=query.device)
     grad_k = torch.zeros(key.shape, dtype=acc, device=key.device)
     grad_v = torch.zeros(value.shape, dtype=acc, device=value.device)
@@ -316,7 +314,7 @@ def topm_knn(query: Tensor, key: Tensor, m: int, batch_query: Tensor, batch_key:
     high = query.dtype in (torch.float32, torch.float64)
     # 16-bit operands feed the tensor cores natively (exact products, fp32 sums); the interpreter mis-multiplies
     # bf16, so there they are upcast, and 'tf32' on upcast 16-bit values is exact too.
-    acc = _acc(query.dtype)[1]
+    acc = accumulation_dtypes(query.dtype)[1]
     dot = acc if high or interpreting else {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}[query.dtype]
     block_f = max(16, triton.next_power_of_2(feat)) if feat <= _KNN_ONE_CHUNK_F else _KNN_CHUNK_F
     _topm_knn_kernel[(triton.cdiv(num_q, block_q),)](

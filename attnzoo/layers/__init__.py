@@ -15,6 +15,7 @@ from attnzoo.layers.ela import ELA
 from attnzoo.layers.flowformer import FlowAttention
 from attnzoo.layers.gated_attention import GatedAttention
 from attnzoo.layers.halo import HaloAttention
+from attnzoo.layers.knn_graph import knn_graph
 from attnzoo.layers.minimal_transformer import MinimalAttention, MinimalBlock
 from attnzoo.layers.mkdc import MKDC, MKIR
 from attnzoo.layers.moh import MoHAttention, moh_load_balance_loss
@@ -25,7 +26,8 @@ from attnzoo.layers.ulsam import ULSAM
 
 __all__ = ["DeformableAttention3D", "ELA", "FlowAttention", "GatedAttention", "HaloAttention", "MKDC", "MKIR",
            "MinimalAttention", "MinimalBlock", "MoHAttention", "MultiScaleDeformableAttention",
-           "NeighborhoodAttention2D", "NiNBlock", "TopMAttentionConv", "ULSAM", "moh_load_balance_loss"]
+           "NeighborhoodAttention2D", "NiNBlock", "TopMAttentionConv", "ULSAM", "knn_graph",
+           "moh_load_balance_loss"]
 
 # What the layers call on their inputs that torch.fx cannot trace through (checks that read shapes, the ops' front
 # doors that validate and pick a backend): timm's FX feature extraction keeps these as leaf calls.

@@ -6,8 +6,6 @@
   raises a TypeError there);
 - :func:`attend`: timm's attention core (SDPA when ``use_fused_attn()``, the explicit softmax otherwise), so every
   layer follows ``TIMM_FUSED_ATTN`` exactly like ``timm.layers.Attention``;
-- :func:`sdpa_product_macs`: the multiply-accumulates of the two attention products, which module-hook counters
-  (``attnzoo.profiling.count_macs``) do not see.
 """
 
 from __future__ import annotations
@@ -23,14 +21,8 @@ from timm.layers import maybe_add_mask, resolve_self_attn_mask
 
 from attnzoo._checks import check_int
 
-__all__ = ["ConfigurableLayer", "ConfiguredLayerType", "attend", "check_choice", "check_heads", "check_probability",
-           "configured_class", "refuse_flag", "sdpa_product_macs"]
-
-
-def check_probability(owner: str, name: str, value: object) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
-        raise ValueError(f"{owner}: {name}={value!r}, expected a float in [0, 1)")
-    return float(value)
+__all__ = ["ConfigurableLayer", "ConfiguredLayerType", "attend", "check_choice", "check_heads",
+           "configured_class", "refuse_flag"]
 
 
 def check_choice(owner: str, name: str, value: object, choices: tuple[str, ...], why: str = "") -> str:
@@ -70,12 +62,6 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, fused: bool, at
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, H, L, S)
     scores = maybe_add_mask(scores, resolve_self_attn_mask(q.shape[-2], scores, attn_mask, is_causal))
     return attn_drop(scores.softmax(dim=-1)) @ v
-
-
-def sdpa_product_macs(batch: int, heads: int, queries: int, keys: int, head_dim: int,
-                      value_dim: int | None = None) -> int:
-    """MACs of ``q k^T`` and ``attn v``: ``B H L S (d + d_v)`` (softmax and scaling are not counted)."""
-    return batch * heads * queries * keys * (head_dim + (head_dim if value_dim is None else value_dim))
 
 
 class ConfiguredLayerType(type):

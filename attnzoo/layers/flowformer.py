@@ -41,10 +41,10 @@ import torch
 import torch.nn as nn
 from timm.layers import register_notrace_function
 
+from attnzoo._checks import check_probability
 from attnzoo.layers._vit_common import (
     ConfigurableLayer,
     check_heads,
-    check_probability,
     refuse_flag,
 )
 from attnzoo.layers.weight_init import reset_children
@@ -129,7 +129,7 @@ class FlowAttention(ConfigurableLayer, nn.Module):
         self.dim, self.num_heads, self.eps = dim, num_heads, float(eps)
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias, **dd)
         self.proj = nn.Linear(dim, dim, bias=proj_bias, **dd)
-        self.proj_drop = nn.Dropout(check_probability(owner, "proj_drop", proj_drop))
+        self.proj_drop = nn.Dropout(check_probability("proj_drop", proj_drop, where=owner))
 
     def reset_parameters(self) -> None:
         reset_children(self)

@@ -38,16 +38,16 @@ import torch
 import torch.nn as nn
 from timm.layers import use_fused_attn
 
+from attnzoo._checks import check_probability
 from attnzoo.layers._vit_common import (
     ConfigurableLayer,
     attend,
     check_choice,
     check_heads,
-    check_probability,
-    sdpa_product_macs,
 )
 from attnzoo.layers.scripting import NotScriptable
 from attnzoo.layers.weight_init import reset_children
+from attnzoo.profiling import sdpa_product_macs
 
 __all__ = ["GATE_VARIANTS", "GatedAttention", "gated_attention_state_dict_from_qwen3"]
 
@@ -125,11 +125,11 @@ class GatedAttention(NotScriptable, ConfigurableLayer, nn.Module):
         self.qkv = nn.Linear(dim, 3 * self.attn_dim, bias=qkv_bias, **dd)
         self.q_norm = norm_layer(head_dim, **dd) if qk_norm else nn.Identity()
         self.k_norm = norm_layer(head_dim, **dd) if qk_norm else nn.Identity()
-        self.attn_drop = nn.Dropout(check_probability(owner, "attn_drop", attn_drop))
+        self.attn_drop = nn.Dropout(check_probability("attn_drop", attn_drop, where=owner))
         self.norm = norm_layer(self.attn_dim, **dd) if scale_norm else nn.Identity()
         self.gate = nn.Linear(dim, self.attn_dim if gate == "elementwise" else num_heads, bias=qkv_bias, **dd)
         self.proj = nn.Linear(self.attn_dim, dim, bias=proj_bias, **dd)
-        self.proj_drop = nn.Dropout(check_probability(owner, "proj_drop", proj_drop))
+        self.proj_drop = nn.Dropout(check_probability("proj_drop", proj_drop, where=owner))
 
     def reset_parameters(self) -> None:
         reset_children(self)

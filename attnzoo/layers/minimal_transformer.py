@@ -47,17 +47,17 @@ import torch.nn as nn
 from timm.layers import DropPath, LayerScale, Mlp, use_fused_attn
 from timm.models.vision_transformer import ATTN_LAYERS
 
+from attnzoo._checks import check_probability
 from attnzoo.layers._vit_common import (
     ConfigurableLayer,
     attend,
     check_choice,
     check_heads,
-    check_probability,
     refuse_flag,
-    sdpa_product_macs,
 )
 from attnzoo.layers.scripting import NotScriptable
 from attnzoo.layers.weight_init import reset_children
+from attnzoo.profiling import sdpa_product_macs
 
 __all__ = ["MinimalAttention", "MinimalBlock", "QK_FORMS", "VO_FORMS"]
 
@@ -111,9 +111,9 @@ class MinimalAttention(NotScriptable, ConfigurableLayer, nn.Module):
         self.q_proj = nn.Linear(dim, dim, bias=qkv_bias, **dd)  # W^Q, or W^QK when collapsed
         self.k_proj = nn.Linear(dim, dim, bias=qkv_bias, **dd) if qk == "separate" else None
         self.v_proj = nn.Linear(dim, dim, bias=qkv_bias, **dd) if vo == "separate" else None
-        self.attn_drop = nn.Dropout(check_probability(owner, "attn_drop", attn_drop))
+        self.attn_drop = nn.Dropout(check_probability("attn_drop", attn_drop, where=owner))
         self.proj = nn.Linear(dim, dim, bias=proj_bias, **dd) if vo != "none" else None  # W^O, or W^VO
-        self.proj_drop = nn.Dropout(check_probability(owner, "proj_drop", proj_drop))
+        self.proj_drop = nn.Dropout(check_probability("proj_drop", proj_drop, where=owner))
 
     def reset_parameters(self) -> None:
         reset_children(self)
@@ -182,7 +182,7 @@ class MinimalBlock(nn.Module):
             if attn_layer not in ATTN_LAYERS:
                 raise ValueError(f"MinimalBlock: attn_layer={attn_layer!r} is not one of {tuple(ATTN_LAYERS)}")
             attn_layer = ATTN_LAYERS[attn_layer]
-        self.drop_path_rate = check_probability("MinimalBlock", "drop_path", drop_path)
+        self.drop_path_rate = check_probability("drop_path", drop_path, where="MinimalBlock")
         dd = dict(device=device, dtype=dtype)
         self.norm1 = norm_layer(dim, **dd)
         self.attn = attn_layer(dim, num_heads=num_heads, qkv_bias=qkv_bias, qk_norm=qk_norm,

@@ -53,16 +53,15 @@ import torch
 import torch.nn as nn
 from timm.layers import use_fused_attn
 
-from attnzoo._checks import check_int
+from attnzoo._checks import check_int, check_probability
 from attnzoo.layers._vit_common import (
     ConfigurableLayer,
     attend,
     check_heads,
-    check_probability,
-    sdpa_product_macs,
 )
 from attnzoo.layers.scripting import NotScriptable
 from attnzoo.layers.weight_init import reset_children
+from attnzoo.profiling import sdpa_product_macs
 
 __all__ = ["MoHAttention", "moh_default_split", "moh_head_gates", "moh_load_balance_loss"]
 
@@ -204,10 +203,10 @@ class MoHAttention(NotScriptable, ConfigurableLayer, nn.Module):
         self.qkv = nn.Linear(dim, 3 * self.attn_dim, bias=qkv_bias, **dd)
         self.q_norm = norm_layer(head_dim, **dd) if qk_norm else nn.Identity()
         self.k_norm = norm_layer(head_dim, **dd) if qk_norm else nn.Identity()
-        self.attn_drop = nn.Dropout(check_probability(owner, "attn_drop", attn_drop))
+        self.attn_drop = nn.Dropout(check_probability("attn_drop", attn_drop, where=owner))
         self.norm = norm_layer(self.attn_dim, **dd) if scale_norm else nn.Identity()
         self.proj = nn.Linear(self.attn_dim, dim, bias=proj_bias, **dd)
-        self.proj_drop = nn.Dropout(check_probability(owner, "proj_drop", proj_drop))
+        self.proj_drop = nn.Dropout(check_probability("proj_drop", proj_drop, where=owner))
         # the authors' router names: wg (routed), wg_0 (shared/routed mix), wg_1 (shared)
         self.wg = nn.Linear(dim, num_heads - shared, bias=False, **dd) if routed > 0 else None
         self.wg_0 = nn.Linear(dim, 2, bias=False, **dd) if routed > 0 and shared > 0 else None

@@ -25,16 +25,11 @@ import torch
 import torch.nn as nn
 from timm.layers import DropPath, Mlp
 
-from attnzoo._checks import check_int, check_tokens
+from attnzoo._checks import check_int, check_probability, check_tokens
 from attnzoo.layers.scripting import NotScriptable
 from attnzoo.layers.weight_init import reset_children
 
 __all__ = ["MixerGatingUnit", "MixerLayer", "NiNBlock"]
-
-
-def _check_probability(name: str, value: object) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
-        raise ValueError(f"NiNBlock: {name} must be a float in [0, 1), got {value!r}")
 
 
 class MixerLayer(nn.Module):
@@ -137,8 +132,8 @@ class NiNBlock(NotScriptable, nn.Module):
         d_ffn = 2 * dim if d_ffn is None else d_ffn
         for name, value in (("dim", dim), ("seq_len", seq_len), ("d_ffn", d_ffn)):
             check_int(name, value, where="NiNBlock")
-        _check_probability("dropout", dropout)
-        _check_probability("drop_path", drop_path)
+        check_probability("dropout", dropout, where="NiNBlock")
+        check_probability("drop_path", drop_path, where="NiNBlock")
         dd = dict(device=device, dtype=dtype)
         self.dim, self.seq_len, self.d_ffn = dim, seq_len, d_ffn
         self.dropout, self.shared_norm, self.drop_path_rate = float(dropout), bool(shared_norm), float(drop_path)

@@ -38,6 +38,7 @@ from torch_geometric.nn.dense.linear import Linear
 from torch_geometric.typing import Adj, Size
 from torch_geometric.utils import is_sparse, to_edge_index
 
+from attnzoo._checks import check_int
 from attnzoo.kernels.topm import (
     SCORE_CANDIDATES,
     sample_neighbor_mask,
@@ -72,13 +73,6 @@ def _channel_pair(in_channels: int | tuple[int, int]) -> tuple[int, int]:
 
 def _describe(value: object) -> str:
     return f"{value.dtype} {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
-
-
-def _check_positive(name: str, value: int | None, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1{' or None' if allow_none else ''}, got {value!r}")
 
 
 class TopMAttentionConv(NotScriptable, MessagePassing):
@@ -152,8 +146,9 @@ class TopMAttentionConv(NotScriptable, MessagePassing):
         src_channels, dst_channels = _channel_pair(in_channels)
         for name, value in (("out_channels", out_channels), ("m", m), ("heads", heads),
                             ("block_size", block_size)):
-            _check_positive(name, value)
-        _check_positive("num_neighbors", num_neighbors, allow_none=True)
+            check_int(name, value, where="TopMAttentionConv")
+        if num_neighbors is not None:
+            check_int("num_neighbors", num_neighbors, where="TopMAttentionConv")
         if out_channels % heads:
             raise ValueError(f"out_channels={out_channels} must be divisible by heads={heads}")
         if mode not in MODES:

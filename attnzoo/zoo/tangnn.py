@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 from torch import Tensor
 
+from attnzoo._checks import check_int
 from attnzoo.layers.scripting import torch_jit_script_deprecation_silenced
 
 # this module is imported on first use, not by `import attnzoo`
@@ -171,8 +172,7 @@ class TANGNNGraph(TANGNN):
         if not isinstance(readout, (str, Aggregation)):
             raise ValueError(f"readout must be a name or a torch_geometric.nn.aggr.Aggregation, got "
                              f"{type(readout).__name__}")
-        if isinstance(out_channels, bool) or not isinstance(out_channels, int) or out_channels < 1:
-            raise ValueError(f"out_channels must be an int >= 1, got {out_channels!r}")
+        check_int("out_channels", out_channels, where=type(self).__name__)
         super().__init__(in_channels, hidden_channels, num_layers, out_channels=None, **kwargs)
         # a name picks one of PyG's global pooling functions; a module (and its parameters) is kept as ``pool``
         self.readout = readout if isinstance(readout, str) else None

@@ -33,11 +33,11 @@ from timm.layers import Attention
 from timm.models import VisionTransformer
 from timm.models.vision_transformer import Block
 
-from attnzoo.layers._vit_common import sdpa_product_macs
 from attnzoo.layers.flowformer import FlowAttention
 from attnzoo.layers.gated_attention import GatedAttention
 from attnzoo.layers.minimal_transformer import MinimalAttention, MinimalBlock
 from attnzoo.layers.moh import MoHAttention
+from attnzoo.profiling import sdpa_product_macs
 from attnzoo.zoo._registry import build_classifier, classifier_cfg, hub_default_cfgs, register_model
 
 __all__ = ["ATTENTION_MAC_HOOKS", "MOH_DIT_SPLITS", "moh_block_fn", "moh_split_for_depth"]

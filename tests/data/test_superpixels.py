@@ -93,7 +93,7 @@ def test_missing_scikit_image_is_named_with_the_install_command(fake_root, tmp_p
 def test_bad_arguments_raise_value_errors(fake_root, tmp_path):
     with pytest.raises(ValueError, match="split must be 'train' or 'test'"):
         FashionMNISTSuperpixels(tmp_path, split="val", fmnist_root=fake_root)
-    with pytest.raises(ValueError, match="n_segments must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match="FashionMNISTSuperpixels: n_segments must be a positive int, got 0"):
         FashionMNISTSuperpixels(tmp_path, n_segments=0, fmnist_root=fake_root)
     with pytest.raises(ValueError, match="edges must be one of"):
         FashionMNISTSuperpixels(tmp_path, edges="grid", fmnist_root=fake_root)

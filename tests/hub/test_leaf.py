@@ -24,8 +24,8 @@ def _imports(path):
 
 def test_hub_imports_no_other_attnzoo_module():
     ours = [(module, name) for module, name in _imports(PACKAGE / "hub.py") if module.split(".")[0] == "attnzoo"]
-    # the environment settings (a leaf) and the User-Agent; no zoo, no registry
-    assert sorted(ours) == [("attnzoo", "__version__"), ("attnzoo", "settings")]
+    # the environment settings (a leaf); no zoo, no registry (the User-Agent's version comes from the metadata)
+    assert sorted(ours) == [("attnzoo", "settings")]
     assert "attnzoo_config" not in (PACKAGE / "hub.py").read_text()  # the registry's attribute on models
 
 

@@ -131,9 +131,9 @@ def test_bad_inputs_raise_clear_errors():
         halo_attention(q, k, v, hr, wr, 4, 1, stride=3)
     with pytest.raises(ValueError, match="block_size=3 must be divisible by stride=2"):
         halo_attention(q[..., ::2, ::2], k, v, hr[:9], wr[:9], 3, 1, stride=2)
-    with pytest.raises(ValueError, match="halo_size must be >= 0, got -1"):
+    with pytest.raises(ValueError, match="halo_attention: halo_size must be an int >= 0, got -1"):
         halo_attention(q, k, v, hr, wr, 4, -1)
-    with pytest.raises(TypeError, match="block_size must be an int"):
+    with pytest.raises(TypeError, match="halo_attention: block_size must be a positive int"):
         halo_attention(q, k, v, hr, wr, 4.0, 1)
     with pytest.raises(ValueError, match="k is torch.float32"):
         halo_attention(q, k.float(), v, hr, wr, 4, 1)

@@ -195,9 +195,9 @@ def test_bad_inputs_raise_value_errors():
         topm_attention(q, k.double(), v, index)
     with pytest.raises(ValueError, match="scale must be > 0"):
         topm_attention(q, k, v, index, scale=-1.0)
-    with pytest.raises(ValueError, match="m must be >= 1"):
+    with pytest.raises(ValueError, match="topm_knn: m must be a positive int, got 0"):
         topm_knn(q.flatten(1), k.flatten(1), 0)
-    with pytest.raises(ValueError, match="m must be >= 1"):
+    with pytest.raises(ValueError, match="score_candidates: m must be a positive int, got 0"):
         score_candidates(torch.randn(4), 0)
     with pytest.raises(ValueError, match=r"batch must hold values in \[0, 4\)"):
         score_candidates(torch.randn(4), 2, torch.tensor([0, 0, 7, 7]))

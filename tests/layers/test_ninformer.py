@@ -127,8 +127,8 @@ def test_wrong_input_shape_raises(shape):
 @pytest.mark.parametrize("kwargs, message", [
     (dict(dim=0, seq_len=N), "dim must be a positive int, got 0"),
     (dict(dim=D, seq_len=N, d_ffn=-1), "d_ffn must be a positive int, got -1"),
-    (dict(dim=D, seq_len=N, dropout=1.0), r"dropout must be a float in \[0, 1\), got 1.0"),
-    (dict(dim=D, seq_len=N, drop_path=-0.1), r"drop_path must be a float in \[0, 1\), got -0.1"),
+    (dict(dim=D, seq_len=N, dropout=1.0), r"NiNBlock: dropout=1.0, expected a float in \[0, 1\)"),
+    (dict(dim=D, seq_len=N, drop_path=-0.1), r"NiNBlock: drop_path=-0.1, expected a float in \[0, 1\)"),
 ])
 def test_bad_constructor_arguments_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):

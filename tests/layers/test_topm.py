@@ -206,13 +206,13 @@ def test_bad_inputs_raise_value_errors():
         conv(X, EDGE_INDEX.float())
     with pytest.raises(ValueError, match=r"batch must hold values in \[0, 4\)"):
         conv(X, EDGE_INDEX, torch.tensor([0, 0, 9, 9]))
-    with pytest.raises(ValueError, match="m must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match="TopMAttentionConv: m must be a positive int, got 0"):
         TopMAttentionConv(8, 16, m=0)
     with pytest.raises(ValueError, match="divisible by heads=3"):
         TopMAttentionConv(8, 16, heads=3)
     with pytest.raises(ValueError, match="mode must be one of"):
         TopMAttentionConv(8, 16, mode="global")
-    with pytest.raises(ValueError, match="num_neighbors must be an int >= 1 or None"):
+    with pytest.raises(ValueError, match="TopMAttentionConv: num_neighbors must be a positive int, got 0"):
         TopMAttentionConv(8, 16, num_neighbors=0)
     with pytest.raises(ValueError, match="in_channels must be an int >= 1 or -1"):
         TopMAttentionConv(0, 16)

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch_geometric.nn import GraphSAGE
 
-from attnzoo.data.graphs import karate_club, knn_graph, long_range_graphs, random_graph, sbm_graph
+from attnzoo.data.graphs import karate_club, long_range_graphs, random_graph, sbm_graph
+from attnzoo.layers import knn_graph
 from attnzoo.layers.topm import TopMAttentionConv
 from attnzoo.zoo import create_model, list_models, model_task
 from attnzoo.zoo.tangnn import TANGNN, TANGNN_LC

@@ -109,5 +109,5 @@ def test_bad_arguments():
         TANGNNGraph(**ARGS, readout="avg")
     with pytest.raises(ValueError, match="readout must be a name or a torch_geometric"):
         TANGNNGraph(**ARGS, readout=torch.nn.Identity())
-    with pytest.raises(ValueError, match="out_channels must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match="out_channels must be a positive int, got 0"):
         TANGNNGraph(**{**ARGS, "out_channels": 0})
