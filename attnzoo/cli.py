@@ -20,9 +20,17 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def model_summary(name: str) -> dict[str, Any]:
-    """What ``attnzoo info`` prints: task, parameters, input size and, if published, the checkpoint record."""
+    """What ``attnzoo info`` prints: task, parameters, input size, MACs and, if published, the checkpoint record.
+
+    ``macs`` is one forward of a single image at ``input_size`` (:func:`attnzoo.profiling.count_macs`: modules as
+    ptflops counts them, plus the attention inside attnzoo's custom ops and the ViT attention products).
+    """
+    import torch
+
     from attnzoo import hub
+    from attnzoo.profiling import count_macs
     from attnzoo.zoo import create_model, model_task, split_name, tag_record
+    from attnzoo.zoo.vit_attention import ATTENTION_MAC_HOOKS
 
     arch, tag = split_name(name)
     summary: dict[str, Any] = {"name": name, "task": model_task(name)}
@@ -37,6 +45,8 @@ def model_summary(name: str) -> dict[str, Any]:
         cfg = {**(getattr(model, "pretrained_cfg", None) or {}), **(record.pretrained_cfg if record else {})}
         if "input_size" in cfg:
             summary["input_size"] = list(cfg["input_size"])
+            summary["macs"] = count_macs(model, torch.randn(1, *cfg["input_size"]), ops=True,
+                                         custom_hooks=ATTENTION_MAC_HOOKS)
     if record is not None:
         r = record
         summary["checkpoint"] = {"name": r.name, "model_kwargs": r.model_kwargs, "metrics": r.metrics,
@@ -92,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", choices=TASKS)
     p.set_defaults(func=_cmd_list)
 
-    p = sub.add_parser("info", help="parameters, input size, checkpoint metrics and sources of a model")
+    p = sub.add_parser("info", help="parameters, input size, MACs, checkpoint metrics and sources of a model")
     p.add_argument("name")
     p.set_defaults(func=_cmd_info)
 

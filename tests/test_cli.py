@@ -5,9 +5,12 @@ import subprocess
 import sys
 
 import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 import attnzoo
 from attnzoo.cli import main
+from attnzoo.profiling import count_macs
 
 tiny_models = pytest.importorskip("tiny_models")
 
@@ -39,6 +42,13 @@ def test_info_describes_the_published_checkpoint_not_the_base_config(capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["params"] == 749_326 and info["input_size"] == [1, 28, 28]
     assert info["checkpoint"]["model_kwargs"]["width_multiplier"] == 0.375
+    # MACs at that input: the modules (ptflops convention) plus the halo attention FlopCounterMode sees in the op
+    model = attnzoo.create_model("azhalonet_h0", **info["checkpoint"]["model_kwargs"]).eval()
+    x = torch.randn(1, 1, 28, 28)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    halo = counter.get_flop_counts()["Global"][torch.ops.attnzoo.halo_attention] // 2
+    assert halo > 0 and info["macs"] == count_macs(model, x) + halo
 
 
 def test_errors_are_one_line_with_exit_code_2(capsys):
