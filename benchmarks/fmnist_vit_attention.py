@@ -28,7 +28,6 @@ writes benchmarks/results/fmnist_vit_attention.md.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import itertools
 import json
 import statistics
@@ -39,9 +38,16 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from _harness import threads_from_env, time_ms, write_result  # noqa: E402
+from _fmnist_runs import (  # noqa: E402
+    add_seeded_run_args,
+    load_run,
+    mean_sd,
+    shard_of,
+    train_once,
+    train_then_report,
+)
+from _harness import time_ms, write_result  # noqa: E402
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TRUNK = {"img_size": 28, "patch_size": 7, "embed_dim": 64, "depth": 4, "num_heads": 4}
 # (row label, folder, --model, --model-kwargs)
 RUNS: list[tuple[str, str, str, dict[str, Any]]] = [
@@ -57,45 +63,18 @@ RUNS: list[tuple[str, str, str, dict[str, Any]]] = [
 SEEDS = (0, 1, 2)
 
 
-def _train_fmnist():
-    spec = importlib.util.spec_from_file_location("train_fmnist", EXAMPLES / "train_fmnist.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def train(args: argparse.Namespace) -> None:
-    train_fmnist = _train_fmnist()
-    index, shards = (int(part) for part in args.shard.split("/"))
-    jobs = list(itertools.product(RUNS, args.seeds))
-    for (label, folder, model, kwargs), seed in jobs[index::shards]:
+    for (label, folder, model, kwargs), seed in shard_of(list(itertools.product(RUNS, args.seeds)), args.shard):
         if args.only and folder not in args.only:
             continue
-        out = args.out / f"{folder}_seed{seed}"
-        if (out / "row.json").is_file():
-            continue  # trained already: rerun by deleting the folder
-        argv = ["--model", model, "--model-kwargs", json.dumps(kwargs), "--seed", str(seed), "--out", str(out),
-                "--no-progress"]
+        argv = ["--model", model, "--model-kwargs", json.dumps(kwargs), "--seed", str(seed), "--no-progress"]
         if args.max_steps:
             argv += ["--epochs", "1", "--max-steps", str(args.max_steps)]
-        run = train_fmnist.main(argv)
-        row = {"label": label, "folder": folder, "model": model, "model_kwargs": kwargs, "seed": seed,
-               "top1": run["metrics"]["top1"], "params": run["params"], "steps": run["steps"],
-               "train_seconds": run["train_seconds"]}
-        (out / "row.json").write_text(json.dumps(row, indent=2))
-
-
-def _load(folder: Path, row: dict[str, Any]) -> torch.nn.Module:
-    import attnzoo
-
-    if not row["model"].startswith("timm:"):
-        return attnzoo.from_pretrained(folder)
-    import timm
-    from safetensors.torch import load_file
-
-    model = timm.create_model(row["model"].removeprefix("timm:"), num_classes=10, in_chans=1, **row["model_kwargs"])
-    model.load_state_dict(load_file(folder / "model.safetensors"))
-    return model
+        train_once(args.out / f"{folder}_seed{seed}", argv, lambda run, label=label, folder=folder, model=model,
+                   kwargs=kwargs, seed=seed: {
+                       "label": label, "folder": folder, "model": model, "model_kwargs": kwargs, "seed": seed,
+                       "top1": run["metrics"]["top1"], "params": run["params"], "steps": run["steps"],
+                       "train_seconds": run["train_seconds"]})
 
 
 @torch.no_grad()
@@ -118,11 +97,12 @@ def report(args: argparse.Namespace) -> None:
         if not runs:
             continue
         top1 = [r["top1"] for r in runs]
-        mean, sd = statistics.mean(top1), (statistics.stdev(top1) if len(top1) > 1 else float("nan"))
+        mean = statistics.mean(top1)
         anchor_top1 = mean if anchor_top1 is None else anchor_top1
         anchor_params = runs[0]["params"] if anchor_params is None else anchor_params
-        modules, total, speed = _cost(_load(args.out / f"{folder}_seed{runs[0]['seed']}", runs[0]))
-        rows.append({"attention": label, "top-1 % mean ± sd": f"{mean:.2f} ± {sd:.2f} ({len(top1)})",
+        modules, total, speed = _cost(load_run(args.out / f"{folder}_seed{runs[0]['seed']}", runs[0]["model"],
+                                               runs[0]["model_kwargs"], in_chans=1))
+        rows.append({"attention": label, "top-1 % mean ± sd": mean_sd(top1),
                      "seeds": " / ".join(f"{t:.2f}" for t in top1), "Δ vs plain": f"{mean - anchor_top1:+.2f}",
                      "params": runs[0]["params"], "params / plain": runs[0]["params"] / anchor_params,
                      "MMACs (modules)": modules, "MMACs (+ attention)": total,
@@ -144,17 +124,9 @@ def report(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("runs/fmnist_vit"))
-    parser.add_argument("--max-steps", type=int, default=0, help="cut each run to N steps (0: the recipe's 2 epochs)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
-    parser.add_argument("--shard", default="0/1", help="K/N: train every N-th run starting at K (parallel processes)")
+    add_seeded_run_args(parser, "runs/fmnist_vit", SEEDS, "the recipe's 2 epochs")
     parser.add_argument("--only", nargs="*", default=None, help="train only these row folders (e.g. moh gated)")
-    parser.add_argument("--report-only", action="store_true", help="skip training, report what --out holds")
-    args = parser.parse_args()
-    threads_from_env()
-    if not args.report_only:
-        train(args)
-    report(args)
+    train_then_report(parser, train, report)
 
 
 if __name__ == "__main__":

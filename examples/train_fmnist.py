@@ -8,6 +8,8 @@ the checkpoint are the ones ``attnzoo eval NAME`` recomputes.
 re-evaluated with the rounded weights, and those are the metrics saved. ``--model timm:NAME`` trains a plain timm
 model under the same recipe (the attention-free / SE / timm-ELA baselines of the comparison table); it is saved
 as ``model.safetensors`` + ``metrics.json`` only, since the attnzoo hub publishes registered models.
+``--model smp:ENCODER`` does the same for segmentation with ``smp.Unet(ENCODER)`` (random init), the input
+zero-padded to the encoder's output stride and the logits cropped back (28 px is not a multiple of 32).
 
     python examples/train_fmnist.py --model ela_resnet18 --model-kwargs '{"channels": [16, 32, 64, 128]}' \\
         --epochs 2 --out runs/ela_resnet18
@@ -24,13 +26,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import torch  # noqa: E402
 from _common import add_common_args, apply_smoke, json_kwargs, seeded_subset, smoke_default  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None,
-                        help="a registered classification/segmentation model or timm:NAME (--smoke: ela_resnet18)")
+    parser.add_argument("--model", default=None, help="a registered classification/segmentation model, timm:NAME "
+                        "or smp:ENCODER (--smoke: ela_resnet18)")
     parser.add_argument("--model-kwargs", default=None, help="JSON object of extra create_model arguments")
     parser.add_argument("--in-chans", type=int, default=1, help="channels fed to the model (the image repeated)")
     parser.add_argument("--data-root", type=Path, default=None, help="folder with the Fashion-MNIST idx files")
@@ -42,17 +45,51 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def build(name: str, num_classes: int, in_chans: int, kwargs: dict[str, Any]) -> tuple[Any, str]:
-    """(model, task) for an attnzoo name or ``timm:NAME``."""
-    import attnzoo
+HOSTS = ("timm:", "smp:")
+
+
+class PaddedToStride(torch.nn.Module):
+    """An smp model on any input size: zero-pad H and W to its encoder's output stride, crop the logits back.
+
+    smp refuses other sizes and tells you to pad; padding evenly on both sides keeps the image centred.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        stride = self.model.encoder.output_stride
+        (h, w), (pad_h, pad_w) = x.shape[-2:], (-x.shape[-2] % stride, -x.shape[-1] % stride)
+        top, left = pad_h // 2, pad_w // 2
+        logits = self.model(torch.nn.functional.pad(x, (left, pad_w - left, top, pad_h - top)))
+        return logits[..., top:top + h, left:left + w]
+
+
+def task_of(name: str) -> str:
+    """'classification' or 'segmentation' for an attnzoo name, ``timm:NAME`` or ``smp:ENCODER``."""
     from attnzoo.zoo import model_task
 
+    if name.startswith(HOSTS):
+        return "classification" if name.startswith("timm:") else "segmentation"
+    return model_task(name)
+
+
+def build(name: str, num_classes: int, in_chans: int, kwargs: dict[str, Any]) -> tuple[Any, str]:
+    """(model, task) for an attnzoo name, ``timm:NAME`` or ``smp:ENCODER``."""
+    import attnzoo
+
+    task = task_of(name)
     if name.startswith("timm:"):
         import timm
 
         return timm.create_model(name.removeprefix("timm:"), num_classes=num_classes, in_chans=in_chans,
-                                 **kwargs), "classification"
-    task = model_task(name)
+                                 **kwargs), task
+    if name.startswith("smp:"):
+        import segmentation_models_pytorch as smp
+
+        return PaddedToStride(smp.Unet(name.removeprefix("smp:"), encoder_weights=None, in_channels=in_chans,
+                                       classes=num_classes, **kwargs)), task
     if task not in ("classification", "segmentation"):
         raise ValueError(f"--model {name!r} is a {task} model; this script trains image models")
     return attnzoo.create_model(name, num_classes=num_classes, in_chans=in_chans, **kwargs), task
@@ -63,8 +100,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     import json
 
-    import torch
-    from safetensors.torch import save_file
+    from safetensors.torch import save_model
 
     import attnzoo
     from attnzoo.apps.training import (
@@ -75,11 +111,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         train_segmenter,
     )
     from attnzoo.data.fashion_mnist import fashion_mnist, fashion_mnist_segmentation, fmnist_cfg, fmnist_transform
-    from attnzoo.zoo import model_task
 
     image_size = args.image_size or 28
-    is_timm = args.model.startswith("timm:")
-    num_classes = 10 if is_timm or model_task(args.model) == "classification" else 1
+    is_host = args.model.startswith(HOSTS)
+    num_classes = 10 if task_of(args.model) == "classification" else 1
     seed_everything(args.seed)
     model, task = build(args.model, num_classes, args.in_chans, json_kwargs(args.model_kwargs))
     model.pretrained_cfg = {**(getattr(model, "pretrained_cfg", None) or {}),
@@ -107,8 +142,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         model.half()
     keys = ("top1",) if task == "classification" else ("dice", "iou")
     metrics = {k: round(final[k], 2) for k in keys}
-    if is_timm:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, args.out / "model.safetensors")
+    if is_host:
+        save_model(model, str(args.out / "model.safetensors"))
         (args.out / "metrics.json").write_text(json.dumps({"model": args.model, "model_kwargs": json_kwargs(
             args.model_kwargs), "metrics": metrics, "dataset": "fashion-mnist"}, indent=2))
     else:
