@@ -30,10 +30,8 @@ the report then loads every checkpoint found under ``--out``, measures MACs and 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import itertools
 import json
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,9 +39,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from _harness import threads_from_env, time_ms, write_result  # noqa: E402
+from _fmnist_runs import load_run, mean_sd, train_fmnist, train_then_report  # noqa: E402
+from _harness import time_ms, write_result  # noqa: E402
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 NARROW = {"channels": [16, 32, 64, 128]}
 # (row label, --model, --model-kwargs, extra train_fmnist flags)
 RUNS: list[tuple[str, str, dict[str, Any], list[str]]] = [
@@ -52,6 +50,9 @@ RUNS: list[tuple[str, str, dict[str, Any], list[str]]] = [
     ("resnet18 + 'ela' (timm)", "timm:resnet18", {**NARROW, "block_args": {"attn_layer": "ela"}}, []),
     ("ela_resnet18 (attnzoo ELA-B)", "ela_resnet18", NARROW, []),
     ("ulsam_mobilenetv2_100", "ulsam_mobilenetv2_100", {}, ["--save-dtype", "float16"]),
+    # at 28 px MobileNetV2's last three stages run on 2x2 and 1x1 maps; 64 px (resized) gives 4x4 and 2x2
+    ("ulsam_mobilenetv2_100 (64 px)", "ulsam_mobilenetv2_100", {}, ["--save-dtype", "float16", "--image-size", "64"]),
+    ("mobilenetv2_100 (no attention, 64 px)", "timm:mobilenetv2_100", {}, ["--image-size", "64"]),
     ("ninformer_cifar (28x28, d=64)", "ninformer_cifar", {"img_size": 28, "embed_dim": 64, "d_ffn": 128}, []),
     ("azhalonet_h0 (x0.375 widths, b=4, h=1)", "azhalonet_h0",
      {"width_multiplier": 0.375, "block_size": 4, "halo_size": 1}, []),
@@ -64,18 +65,14 @@ RUNS: list[tuple[str, str, dict[str, Any], list[str]]] = [
 ]
 
 
-def _train_fmnist():
-    spec = importlib.util.spec_from_file_location("train_fmnist", EXAMPLES / "train_fmnist.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _folder(model: str, kwargs: dict[str, Any], seed: int = 0) -> str:
-    """Run folder: the model name (timm rows: backbone_attention), with ``_seedN`` for seeds other than 0."""
+def _folder(model: str, kwargs: dict[str, Any], extra: list[str], seed: int = 0) -> str:
+    """Run folder: the model name (timm rows: backbone_attention), ``_NNpx`` for an input other than 28 px, and
+    ``_seedN`` for seeds other than 0."""
     name = model
     if model.startswith("timm:"):
         name = f"{model.removeprefix('timm:')}_{kwargs.get('block_args', {}).get('attn_layer', 'plain')}"
+    if "--image-size" in extra:
+        name += f"_{extra[extra.index('--image-size') + 1]}px"
     return name if seed == 0 else f"{name}_seed{seed}"
 
 
@@ -84,39 +81,23 @@ def _speed(model: torch.nn.Module, in_chans: int, side: int) -> tuple[int, float
     from attnzoo.profiling import count_macs
 
     model.eval()
-    macs = int(count_macs(model, torch.randn(1, in_chans, side, side)))
+    macs = int(count_macs(model, torch.randn(1, in_chans, side, side), ops=True))
     batch = torch.randn(256, in_chans, side, side)
     return macs, 256 / (time_ms(lambda: model(batch), "cpu", warmup=1, repeat=5) / 1e3)
 
 
-def _load(folder: Path, row: dict[str, Any]) -> torch.nn.Module:
-    """The trained model back from its folder (attnzoo checkpoints through from_pretrained)."""
-    import attnzoo
-
-    if not row["model"].startswith("timm:"):
-        return attnzoo.from_pretrained(folder)
-    import timm
-    from safetensors.torch import load_file
-
-    model = timm.create_model(row["model"].removeprefix("timm:"), num_classes=10, in_chans=row["in_chans"],
-                              **row["model_kwargs"])
-    model.load_state_dict(load_file(folder / "model.safetensors"))
-    return model
-
-
 def train(args: argparse.Namespace) -> None:
-    train_fmnist = _train_fmnist()
     for (label, model, kwargs, extra), seed in itertools.product(RUNS, args.seeds):
-        if args.only and model not in args.only and _folder(model, kwargs) not in args.only:
+        if args.only and model not in args.only and _folder(model, kwargs, extra) not in args.only:
             continue
-        out = args.out / _folder(model, kwargs, seed)
+        out = args.out / _folder(model, kwargs, extra, seed)
         segmentation = model.startswith("mkunet")
         subset = args.seg_subset if segmentation else args.train_subset
         argv = ["--model", model, "--model-kwargs", json.dumps(kwargs), "--epochs", str(args.epochs),
                 "--seed", str(seed), "--out", str(out), *extra]
         argv += ["--train-subset", str(subset)] if subset else []
         argv += ["--batch-size", "64"] if segmentation else []
-        run = train_fmnist.main(argv)
+        run = train_fmnist().main(argv)
         row = {"label": label, "model": model, "model_kwargs": kwargs, "task": run["task"], "metrics": run["metrics"],
                "params": run["params"], "size_bytes": run["size_bytes"], "train_seconds": run["train_seconds"],
                "steps": run["steps"], "train_images": subset or 60_000, "image_size": run["image_size"],
@@ -124,45 +105,49 @@ def train(args: argparse.Namespace) -> None:
         (out / "row.json").write_text(json.dumps(row, indent=2))
 
 
-def _other_seeds(out: Path, model: str, kwargs: dict[str, Any], metric: str) -> str:
+def _other_seeds(out: Path, model: str, kwargs: dict[str, Any], extra: list[str], metric: str) -> str:
     """'mean ± sd (n)' of ``metric`` over every seed trained for this row, or '' when only seed 0 was."""
-    rows = {path.parent.name: json.loads(path.read_text()) for path in out.glob(f"{_folder(model, kwargs)}*/row.json")}
-    values = [row["metrics"][metric] for name, row in rows.items() if name == _folder(model, kwargs, row["seed"])]
-    if len(values) < 2:
-        return ""
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} ({len(values)})"
+    base = _folder(model, kwargs, extra)
+    rows = {path.parent.name: json.loads(path.read_text()) for path in out.glob(f"{base}*/row.json")}
+    values = [row["metrics"][metric] for name, row in rows.items()
+              if name == _folder(model, kwargs, extra, row["seed"])]
+    return mean_sd(values) if len(values) > 1 else ""
 
 
 def report(args: argparse.Namespace) -> None:
     classification, segmentation = [], []
-    for _, model, kwargs, _ in RUNS:
-        folder = args.out / _folder(model, kwargs)
+    for _, model, kwargs, extra in RUNS:
+        folder = args.out / _folder(model, kwargs, extra)
         if not (folder / "row.json").is_file():
             continue
         row = json.loads((folder / "row.json").read_text())
-        macs, speed = _speed(_load(folder, row), row["in_chans"], row["image_size"])
+        trained = load_run(folder, row["model"], row["model_kwargs"], row["in_chans"])
+        macs, speed = _speed(trained, row["in_chans"], row["image_size"])
         batch = 64 if row["task"] == "segmentation" else 128
         common = {"params": row["params"], "MMACs": macs / 1e6, "images/s": speed,
                   "checkpoint MiB": row["size_bytes"] / 2**20, "steps x batch": f"{row['steps']} x {batch}",
                   "train s": row["train_seconds"], "folder": folder.name}
         if row["task"] == "classification":
             classification.append({"model": row["label"], "top-1 % (seed 0)": f"{row['metrics']['top1']:.2f}",
-                                   "mean ± sd (seeds)": _other_seeds(args.out, model, kwargs, "top1"), **common})
+                                   "mean ± sd (seeds)": _other_seeds(args.out, model, kwargs, extra, "top1"), **common})
         else:
             segmentation.append({"model": row["label"], "Dice %": f"{row['metrics']['dice']:.2f}",
                                  "IoU %": f"{row['metrics']['iou']:.2f}", **common})
     notes = (f"One recipe for every row: {args.epochs} epochs over the training images (all 60,000 unless "
              "--train-subset; the steps x batch column gives the optimiser steps; segmentation: batch 64, BCE + "
              "soft Dice), AdamW (lr 2e-3, weight decay 0.05 classification / 0.01 segmentation, 5% warm-up then "
-             "cosine), random flip + shift by up to 2 px, 28x28 input normalised with the training statistics; the "
+             "cosine), random flip + shift by up to 2 px, 28x28 input (rows marked 64 px: resized to 64x64 before the "
+             "augmentation, as their pretrained_cfg says) normalised with the training statistics; the "
              "10,000 test images are the validation set. Seed 0 gives the checkpoint and the 'top-1 % (seed 0)' "
              "column (`attnzoo eval NAME` reproduces it from the saved weights); where a row was also trained with "
              "other seeds, the next column gives mean ± sample sd (number of seeds): differences smaller than about "
              "two sd are not evidence that one attention variant beats another. MobileNetV2 ends at a 1x1 map on "
-             "28x28 inputs and learns slowest. Images/s: forward of a batch of 256, one thread per run; train "
-             "seconds were measured with two runs sharing the 2-core CPU, one thread each, and are indicative only. "
-             "MMACs count modules (ptflops convention), not the work inside custom ops (ELA's fused gate, "
-             "HaloAttention's attention) or functional matmuls. The published MK-UNet checkpoints come from "
+             "28x28 inputs and learns slowest there (2x2 at 64 px). Images/s: forward of a batch of 256, one thread "
+             "per run; train seconds were measured with two runs sharing the 2-core CPU, one thread each, and are "
+             "indicative only. "
+             "MMACs: attnzoo.profiling.count_macs(ops=True) at the input size, modules (ptflops convention) plus "
+             "the work inside attnzoo's custom ops (ELA's fused gate, HaloAttention's attention); functional "
+             "matmuls are not counted. The published MK-UNet checkpoints come from "
              "examples/train_checkpoints.py (benchmarks/results/checkpoints_other.md).")
     sections = [(heading, rows) for heading, rows in (
         ("Classification (top-1 on the test split)", classification),
@@ -182,12 +167,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="train each row once per seed (seed 0 is the checkpoint; the others give the spread)")
     parser.add_argument("--only", nargs="*", default=None, help="train only these rows (model or folder names)")
-    parser.add_argument("--report-only", action="store_true", help="skip training, report what --out holds")
-    args = parser.parse_args()
-    threads_from_env()
-    if not args.report_only:
-        train(args)
-    report(args)
+    train_then_report(parser, train, report)
 
 
 if __name__ == "__main__":
