@@ -47,7 +47,8 @@ RUNS: list[tuple[str, str]] = [
 SEEDS = (0, 1, 2)
 
 
-def _folder(model: str, seed: int) -> str:
+def _folder(model: str, seed: int | str) -> str:
+    """Run folder of ``model`` at ``seed`` (``'*'``: the glob of every seed)."""
     return f"{model.replace('smp:', 'smp_unet_')}_seed{seed}"
 
 

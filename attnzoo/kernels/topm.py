@@ -157,7 +157,7 @@ def sample_neighbor_mask(dst: Tensor, num_nodes: int, k: int, generator: torch.G
     Shapes:
         dst ``[E]`` -> keep ``[E]`` (bool).
     """
-    check_int("k", k)
+    check_int("k", k, where="sample_neighbor_mask")
     num_edges = dst.size(0)
     noise = torch.rand(num_edges, generator=generator, device=dst.device)
     order = torch.sort(noise).indices
