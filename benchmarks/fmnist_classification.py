@@ -8,10 +8,16 @@ of optimiser steps for every classification row. Rows:
   SE, with timm's ``'ela'`` (EfficientLocalAttn), and attnzoo's ``ela_resnet18`` (ELA-B behind the authors'
   local residual), all in the same block slot;
 - ``ulsam_mobilenetv2_100`` (weights stored in float16 to fit 4 MiB);
-- ``ninformer_cifar`` adapted to 28x28 x 1 channel (4x4 patches: 49 tokens), d=64, d_ffn=128;
-- ``azhalonet_h0`` with every width x0.375 (755k params, like the narrow ResNet-18) and 4-px blocks with a 1-px
+- ``ninformer_cifar`` adapted to 28x28 x 1 channel (4x4 patches: 49 tokens), d=64, d_ffn=128, beside timm's
+  ViT with the same tokens, width, depth (4) and FFN (mlp_ratio 2), no class token, mean pooling: self-attention
+  (4 heads) where NiNformer has its NiN gating, and timm's defaults elsewhere (learned position embedding, no
+  dropout; NiNformer keeps the authors' dropout 0.5);
+- ``azhalonet_h0`` with every width x0.375 (749k params, like the narrow ResNet-18) and 4-px blocks with a 1-px
   halo: at 28x28 the stage maps are 7, 4, 2 and 1 px, so the paper's 8-px blocks would make every layer one
-  padded block;
+  padded block. Its baseline is the same network without attention: timm's ResNet with H0's depths (3-3-7-3),
+  7x7 stem of 24 channels and bottleneck widths (mid 2x out: ``base_width=512``), a 3x3 conv where H0 has halo
+  attention (1.86M params: the conv has 9 C^2 weights where q/k/v have 3 C^2). timm's own HaloAttn does not run
+  here: it asserts that the map side divides the block size (7 px maps, 4-px blocks);
 - ``nat_mini`` narrowed to C=32 and three levels of depths 2-2-4 (866k params, 3.3 MiB) with kernel 3: at 28x28
   the tokenizer leaves a 7x7 map, on which NAT's kernel 7 would be global attention;
 - MK-UNet T / S / base on the silhouette segmentation task (Dice, IoU).
@@ -54,8 +60,16 @@ RUNS: list[tuple[str, str, dict[str, Any], list[str]]] = [
     ("ulsam_mobilenetv2_100 (64 px)", "ulsam_mobilenetv2_100", {}, ["--save-dtype", "float16", "--image-size", "64"]),
     ("mobilenetv2_100 (no attention, 64 px)", "timm:mobilenetv2_100", {}, ["--image-size", "64"]),
     ("ninformer_cifar (28x28, d=64)", "ninformer_cifar", {"img_size": 28, "embed_dim": 64, "d_ffn": 128}, []),
+    # NiNformer's baseline: timm's ViT with the same tokens, width, depth and FFN, self-attention instead of NiN
+    ("ViT at NiNformer's size (timm, plain Attention)", "timm:vit_small_patch16_224",
+     {"img_size": 28, "patch_size": 4, "embed_dim": 64, "depth": 4, "num_heads": 4, "mlp_ratio": 2.0,
+      "class_token": False, "global_pool": "avg"}, []),
     ("azhalonet_h0 (x0.375 widths, b=4, h=1)", "azhalonet_h0",
      {"width_multiplier": 0.375, "block_size": 4, "halo_size": 1}, []),
+    # HaloNet-H0's baseline: timm's ResNet with H0's depths, stem and widths (mid = 2x out: base_width 512), a
+    # 3x3 conv where H0 has halo attention (timm's own HaloAttn asserts at 28 px: 7-px maps, 4-px blocks)
+    ("H0 without attention (timm ResNet, 3x3 conv)", "timm:resnet50",
+     {"layers": [3, 3, 7, 3], "channels": [4, 6, 12, 24], "base_width": 512, "stem_width": 24}, []),
     ("nat_mini (C=32, depths 2-2-4, k=3)", "nat_mini",
      {"embed_dim": 32, "depths": [2, 2, 4], "num_heads": [2, 4, 8], "mlp_ratio": 3.0, "kernel_size": 3,
       "drop_path_rate": 0.1}, []),
@@ -88,7 +102,7 @@ def _speed(model: torch.nn.Module, in_chans: int, side: int) -> tuple[int, float
 
 def train(args: argparse.Namespace) -> None:
     for (label, model, kwargs, extra), seed in itertools.product(RUNS, args.seeds):
-        if args.only and model not in args.only and _folder(model, kwargs, extra) not in args.only:
+        if args.only and _folder(model, kwargs, extra) not in args.only:
             continue
         out = args.out / _folder(model, kwargs, extra, seed)
         segmentation = model.startswith("mkunet")
@@ -166,7 +180,8 @@ def main() -> None:
     parser.add_argument("--seg-subset", type=int, default=3_200, help="the same for the segmentation rows")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="train each row once per seed (seed 0 is the checkpoint; the others give the spread)")
-    parser.add_argument("--only", nargs="*", default=None, help="train only these rows (model or folder names)")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="train only these rows (their seed-0 folder names, e.g. resnet18_se)")
     train_then_report(parser, train, report)
 
 
