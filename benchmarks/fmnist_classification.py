@@ -157,8 +157,8 @@ def report(args: argparse.Namespace) -> None:
              "other seeds, the next column gives mean ± sample sd (number of seeds): differences smaller than about "
              "two sd are not evidence that one attention variant beats another. MobileNetV2 ends at a 1x1 map on "
              "28x28 inputs and learns slowest there (2x2 at 64 px). Images/s: forward of a batch of 256, one thread "
-             "per run; train seconds were measured with two runs sharing the 2-core CPU, one thread each, and are "
-             "indicative only. "
+             "per run; train seconds were measured with two to five runs sharing the 2-core CPU, one thread each, "
+             "and are indicative only. "
              "MMACs: attnzoo.profiling.count_macs(ops=True) at the input size, modules (ptflops convention) plus "
              "the work inside attnzoo's custom ops (ELA's fused gate, HaloAttention's attention); functional "
              "matmuls are not counted. The published MK-UNet checkpoints come from "
@@ -167,7 +167,7 @@ def report(args: argparse.Namespace) -> None:
         ("Classification (top-1 on the test split)", classification),
         ("Silhouette segmentation (mean per-image Dice / IoU)", segmentation)) if rows]
     # the 2-epoch recipe is the shared one; a longer run gets its own table next to it
-    name = "fmnist_classification" if args.epochs == 2 else f"fmnist_classification_{args.epochs}ep"
+    name = args.name or ("fmnist_classification" if args.epochs == 2 else f"fmnist_classification_{args.epochs}ep")
     write_result(name, f"Fashion-MNIST: attention variants under one recipe ({args.epochs} epochs)", sections, notes)
 
 
@@ -182,6 +182,8 @@ def main() -> None:
                         help="train each row once per seed (seed 0 is the checkpoint; the others give the spread)")
     parser.add_argument("--only", nargs="*", default=None,
                         help="train only these rows (their seed-0 folder names, e.g. resnet18_se)")
+    parser.add_argument("--name", default=None, help="results file name (default: fmnist_classification, with "
+                        "_<N>ep for other epoch counts), e.g. to keep a table of other rows under the same recipe")
     train_then_report(parser, train, report)
 
 
