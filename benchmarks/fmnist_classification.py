@@ -60,14 +60,12 @@ RUNS: list[tuple[str, str, dict[str, Any], list[str]]] = [
     ("ulsam_mobilenetv2_100 (64 px)", "ulsam_mobilenetv2_100", {}, ["--save-dtype", "float16", "--image-size", "64"]),
     ("mobilenetv2_100 (no attention, 64 px)", "timm:mobilenetv2_100", {}, ["--image-size", "64"]),
     ("ninformer_cifar (28x28, d=64)", "ninformer_cifar", {"img_size": 28, "embed_dim": 64, "d_ffn": 128}, []),
-    # NiNformer's baseline: timm's ViT with the same tokens, width, depth and FFN, self-attention instead of NiN
+    # the attention-free twins below are described in the module docstring
     ("ViT at NiNformer's size (timm, plain Attention)", "timm:vit_small_patch16_224",
      {"img_size": 28, "patch_size": 4, "embed_dim": 64, "depth": 4, "num_heads": 4, "mlp_ratio": 2.0,
       "class_token": False, "global_pool": "avg"}, []),
     ("azhalonet_h0 (x0.375 widths, b=4, h=1)", "azhalonet_h0",
      {"width_multiplier": 0.375, "block_size": 4, "halo_size": 1}, []),
-    # HaloNet-H0's baseline: timm's ResNet with H0's depths, stem and widths (mid = 2x out: base_width 512), a
-    # 3x3 conv where H0 has halo attention (timm's own HaloAttn asserts at 28 px: 7-px maps, 4-px blocks)
     ("H0 without attention (timm ResNet, 3x3 conv)", "timm:resnet50",
      {"layers": [3, 3, 7, 3], "channels": [4, 6, 12, 24], "base_width": 512, "stem_width": 24}, []),
     ("nat_mini (C=32, depths 2-2-4, k=3)", "nat_mini",

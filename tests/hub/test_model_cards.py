@@ -3,14 +3,15 @@ manifest: a card that quotes an old metric (a re-published checkpoint whose READ
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import pytest
 
-WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
-RECORDS = json.loads((WEIGHTS / "manifest.json").read_text())["checkpoints"]
+from attnzoo import hub
+
+WEIGHTS = hub.embedded_dir()
+RECORDS = hub.read_manifest(WEIGHTS)
 SECTIONS = ("Data", "Recipe", "Metric", "Baseline", "Reproduce", "License")
 
 
@@ -24,10 +25,12 @@ def _section(card: str, title: str) -> str:
 
 @pytest.mark.parametrize("name", sorted(RECORDS))
 def test_card_has_every_section_and_the_published_metric(name):
-    card = (WEIGHTS / name / "README.md").read_text()
+    record = RECORDS[name]
+    card_path = WEIGHTS / Path(record.file).parent / hub.CARD
+    card = card_path.read_text()
     missing = [title for title in SECTIONS if not _section(card, title)]
-    assert not missing, f"{name}/README.md lacks {missing}"
+    assert not missing, f"{card_path} lacks {missing}"
     metric = _section(card, "Metric")
-    for key, value in RECORDS[name]["metrics"].items():
-        assert f"{value:.2f}" in metric, f"{name}/README.md's Metric does not quote {key} {value:.2f}: {metric!r}"
-    assert f"attnzoo eval {name}" in card, f"{name}/README.md does not say how to re-measure it"
+    for key, value in record.metrics.items():
+        assert f"{value:.2f}" in metric, f"{card_path}'s Metric does not quote {key} {value:.2f}: {metric!r}"
+    assert f"attnzoo eval {name}" in card, f"{card_path} does not say how to re-measure it"
