@@ -906,6 +906,7 @@ def publish(name: str, source_dir: str | os.PathLike, to: str | os.PathLike, url
     The sha256 and size are computed here, never typed by hand; a checkpoint with NaN or inf values is refused.
     ``url``/``hf_hub_id`` (+ ``hf_revision``, the commit) name where the file will also be served from.
     ``to='hf-hub:ORG/REPO'`` uploads the folder with huggingface_hub instead (needs a token and a network).
+    A model card (README.md) already in the hub folder is kept, with a warning when it differs from the source's.
     """
     arch, tag = split_full_name(name)
     source_dir = Path(source_dir)
@@ -934,8 +935,11 @@ def publish(name: str, source_dir: str | os.PathLike, to: str | os.PathLike, url
     contained(hub_dir, name, "checkpoint folder").mkdir(exist_ok=True)
     for item in (WEIGHTS_FILE, CONFIG, CARD):
         source = contained(source_dir, item, "source file")
-        if source.is_file():
-            shutil.copyfile(source, contained(hub_dir, f"{name}/{item}", "published file"))
+        target = contained(hub_dir, f"{name}/{item}", "published file")
+        if item == CARD and target.is_file():
+            _keep_card(target, source, entry["metrics"])
+        elif source.is_file():
+            shutil.copyfile(source, target)
     if sha256_of(contained(hub_dir, entry["file"])) != entry["sha256"]:
         raise ChecksumError(f"{hub_dir / entry['file']} changed while it was published; publish it again")
     from filelock import FileLock
@@ -946,6 +950,14 @@ def publish(name: str, source_dir: str | os.PathLike, to: str | os.PathLike, url
         entries[name] = entry
         _write_json_atomic(manifest, {"format": MANIFEST_FORMAT, "checkpoints": dict(sorted(entries.items()))})
     return CheckpointRecord.from_manifest(entry, str(hub_dir))
+
+
+def _keep_card(card: Path, source: Path, metrics: Mapping[str, Any]) -> None:
+    """A card already in the hub folder was written for it (data, recipe, baseline): re-publishing keeps it rather
+    than replacing it with save_pretrained's generic one, and says so when the two differ."""
+    if source.is_file() and source.read_bytes() != card.read_bytes():
+        warnings.warn(f"kept the model card {card} (not replaced by {source}); check that it quotes the new "
+                      f"metrics {dict(metrics)}", stacklevel=3)
 
 
 def _publish_hf(repo_id: str, source_dir: Path, entry: dict[str, Any]) -> CheckpointRecord:

@@ -4,8 +4,9 @@ The matrix (cases in ``deploy_cases.py``, checks in ``deploy_checks.py``): torch
 torch.onnx.export(dynamo=True) run by onnxruntime, autocast bf16 forward and backward, fp16 autocast, ``.half()``,
 channels_last, meta-device init + load, deepcopy/pickle, torch.compile(fullgraph=True).
 
-``make test`` runs the cheap checks on everything, and the heavy ones (export, ONNX, compile) on every layer and on
-one model per custom op; ``make test-deploy`` runs the heavy ones on every model too (marker ``deploy_full``).
+``make test`` runs the cheap checks on everything (fp16 autocast on every model but the base-size ones), and the
+heavy ones (export, ONNX, compile) on every layer and on one model per custom op; ``make test-deploy`` runs the
+rest too (marker ``deploy_full``).
 """
 
 from __future__ import annotations
@@ -63,8 +64,19 @@ def test_torch_compile_fullgraph(case):
     check_compile(case, variants=(0, 1))
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("case", _cases(heavy=False))
+def _autocast_cases() -> list:
+    """Every case in bf16 and fp16. A CPU has no fp16 matmul kernels, so fp16 costs a base-size model about a
+    minute: those (``*_base*``) run it in ``make test-deploy``, and their smaller siblings, the same code at another
+    width, in ``make test``."""
+    params = []
+    for case in CASES:
+        for dtype, label in ((torch.bfloat16, "bf16"), (torch.float16, "fp16")):
+            marks = [pytest.mark.deploy_full] if dtype is torch.float16 and "_base" in case.name else []
+            params.append(pytest.param(case, dtype, id=f"{case.name}-{label}", marks=marks))
+    return params
+
+
+@pytest.mark.parametrize(("case", "dtype"), _autocast_cases())
 def test_autocast_forward_and_backward(case, dtype):
     check_autocast(case, dtype)
 

@@ -59,6 +59,18 @@ def test_save_publish_load_round_trip(tmp_path, hub_dir):
     assert "aztest_tinynet.unit" in attnzoo.list_models("aztest_*", pretrained=True, task="classification")
 
 
+def test_republishing_keeps_the_hub_folders_model_card_and_says_so(tmp_path, hub_dir):
+    _, src = _saved_tiny(tmp_path)
+    hub.publish("aztest_tinynet.unit", src, hub_dir)
+    card = hub_dir / "aztest_tinynet.unit" / "README.md"
+    assert card.read_text() == (src / "README.md").read_text()  # the first publish copies save_pretrained's card
+    card.write_text("# written for this checkpoint: data, recipe, baseline\n")
+    _, retrained = _saved_tiny(tmp_path, name="retrained")
+    with pytest.warns(UserWarning, match=r"kept the model card .*README.md.*'top1': 12.5"):
+        hub.publish("aztest_tinynet.unit", retrained, hub_dir)
+    assert card.read_text() == "# written for this checkpoint: data, recipe, baseline\n"
+
+
 def test_restore_from_directory_and_timm_local_dir(tmp_path, hub_dir):
     model, src = _saved_tiny(tmp_path, width=6)
     x = torch.randn(1, 1, 28, 28)
