@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -65,8 +66,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_publish(args: argparse.Namespace) -> int:
     from attnzoo.hub import publish
 
-    record = publish(args.name, args.source, args.to, url=args.url, hf_hub_id=args.hf_hub_id,
-                     hf_revision=args.hf_revision)
+    with warnings.catch_warnings(record=True) as caught:  # e.g. a kept model card: one line, not a source excerpt
+        warnings.simplefilter("always")
+        record = publish(args.name, args.source, args.to, url=args.url, hf_hub_id=args.hf_hub_id,
+                         hf_revision=args.hf_revision)
+    for warning in caught:
+        print(f"attnzoo publish: warning: {warning.message}", file=sys.stderr)
     print(f"published {record.name}: sha256 {record.sha256}, {record.size} bytes -> {args.to}")
     return 0
 

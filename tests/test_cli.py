@@ -26,6 +26,10 @@ def test_publish_then_info_and_list_pretrained(tmp_path, monkeypatch, capsys):
     src = attnzoo.save_pretrained(attnzoo.create_model("aztest_tinynet"), tmp_path / "src", metrics={"top1": 33.0})
     assert main(["publish", "aztest_tinynet.cli", "--from", str(src), "--to", str(tmp_path / "hub")]) == 0
     assert "published aztest_tinynet.cli: sha256 " in capsys.readouterr().out
+    (tmp_path / "hub" / "aztest_tinynet.cli" / "README.md").write_text("# hand-written card\n")
+    assert main(["publish", "aztest_tinynet.cli", "--from", str(src), "--to", str(tmp_path / "hub")]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("attnzoo publish: warning: kept the model card ")  # one line, no source
     assert main(["list", "aztest_*", "--pretrained"]) == 0
     assert capsys.readouterr().out.split() == ["aztest_tinynet.cli"]
     assert main(["info", "aztest_tinynet.cli"]) == 0
