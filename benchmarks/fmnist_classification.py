@@ -31,6 +31,12 @@ the report then loads every checkpoint found under ``--out``, measures MACs and 
 (so rows can be (re)trained separately with ``--only`` and reported together with ``--report-only``).
 
     python benchmarks/fmnist_classification.py --out runs/fmnist
+
+The longer recipes train chosen rows for more epochs into their own table, e.g. the 12-epoch one that
+ela_resnet18.fmnist, nat_mini.fmnist and ninformer_cifar.fmnist come from (fmnist_classification_12ep.md):
+
+    python benchmarks/fmnist_classification.py --out runs/fmnist12 --epochs 12 --seeds 0 1 2 \
+        --only ela_resnet18 resnet18_plain nat_mini --name fmnist_classification_12ep
 """
 
 from __future__ import annotations
