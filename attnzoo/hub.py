@@ -906,7 +906,8 @@ def publish(name: str, source_dir: str | os.PathLike, to: str | os.PathLike, url
     The sha256 and size are computed here, never typed by hand; a checkpoint with NaN or inf values is refused.
     ``url``/``hf_hub_id`` (+ ``hf_revision``, the commit) name where the file will also be served from.
     ``to='hf-hub:ORG/REPO'`` uploads the folder with huggingface_hub instead (needs a token and a network).
-    A model card (README.md) already in the hub folder is kept, with a warning when it differs from the source's.
+    A model card (README.md) already in the hub folder is kept, with a warning when it differs from the source's
+    (an hf-hub upload sends the source folder's card).
     """
     arch, tag = split_full_name(name)
     source_dir = Path(source_dir)
