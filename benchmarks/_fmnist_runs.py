@@ -54,6 +54,12 @@ def mean_sd(values: Sequence[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {sd:.2f} ({len(values)})"
 
 
+def table_name(base: str, epochs: int, max_steps: int = 0) -> str:
+    """The results file of a run length: ``base`` for the shared 2-epoch recipe, ``base_<N>ep`` for a longer one,
+    ``base_<N>steps`` for a run cut to N steps, so that neither overwrites the shared table."""
+    return f"{base}_{max_steps}steps" if max_steps else base if epochs == 2 else f"{base}_{epochs}ep"
+
+
 def add_seeded_run_args(parser: argparse.ArgumentParser, out: str, seeds: Sequence[int], recipe: str) -> None:
     """--out, --max-steps, --seeds and --shard, for a table of several seeds per row trained by parallel shards."""
     parser.add_argument("--out", type=Path, default=Path(out))

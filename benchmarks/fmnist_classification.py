@@ -51,7 +51,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from _fmnist_runs import load_run, mean_sd, train_fmnist, train_then_report  # noqa: E402
+from _fmnist_runs import load_run, mean_sd, table_name, train_fmnist, train_then_report  # noqa: E402
 from _harness import time_ms, write_result  # noqa: E402
 
 NARROW = {"channels": [16, 32, 64, 128]}
@@ -170,9 +170,8 @@ def report(args: argparse.Namespace) -> None:
     sections = [(heading, rows) for heading, rows in (
         ("Classification (top-1 on the test split)", classification),
         ("Silhouette segmentation (mean per-image Dice / IoU)", segmentation)) if rows]
-    # the 2-epoch recipe is the shared one; a longer run gets its own table next to it
-    name = args.name or ("fmnist_classification" if args.epochs == 2 else f"fmnist_classification_{args.epochs}ep")
-    write_result(name, f"Fashion-MNIST: attention variants under one recipe ({args.epochs} epochs)", sections, notes)
+    write_result(args.name or table_name("fmnist_classification", args.epochs),
+                 f"Fashion-MNIST: attention variants under one recipe ({args.epochs} epochs)", sections, notes)
 
 
 def main() -> None:

@@ -45,6 +45,7 @@ from _fmnist_runs import (  # noqa: E402
     load_run,
     mean_sd,
     shard_of,
+    table_name,
     train_once,
     train_then_report,
 )
@@ -93,12 +94,13 @@ def _cost(model: torch.nn.Module) -> tuple[float, float, float]:
 
 
 def report(args: argparse.Namespace) -> None:
-    rows, anchor_top1, anchor_params = [], None, None
+    rows, steps, anchor_top1, anchor_params = [], set(), None, None
     for label, folder, _, _ in RUNS:
         runs = [json.loads(p.read_text()) for p in sorted(args.out.glob(f"{folder}_seed*/row.json"))]
         if not runs:
             continue
         top1 = [r["top1"] for r in runs]
+        steps.update(r["steps"] for r in runs)
         mean = statistics.mean(top1)
         anchor_top1 = mean if anchor_top1 is None else anchor_top1
         anchor_params = runs[0]["params"] if anchor_params is None else anchor_params
@@ -111,7 +113,8 @@ def report(args: argparse.Namespace) -> None:
                      "images/s": speed, "steps x batch": f"{runs[0]['steps']} x 128",
                      "train s (mean)": statistics.mean(r["train_seconds"] for r in runs)})
     budget = (f"cut to {args.max_steps} optimiser steps of 128 images" if args.max_steps else
-              f"{args.epochs} epochs over the 60,000 training images, {468 * args.epochs:,} optimiser steps of 128")
+              f"{args.epochs} epochs over the 60,000 training images, "
+              f"{' / '.join(f'{n:,}' for n in sorted(steps))} optimiser steps of 128")
     notes = (f"Recipe: examples/train_fmnist.py (the shared classification recipe), {budget}, seeds "
              f"{', '.join(map(str, args.seeds))}; top-1 on the 10,000 test images. Differences smaller than about "
              "two sd are not evidence. MoH is trained without its load-balance loss (the shared loop adds no "
@@ -120,11 +123,10 @@ def report(args: argparse.Namespace) -> None:
              "MoH's/gated gating multiplies) through ATTENTION_MAC_HOOKS. Images/s: eval forward of 256 images, one "
              "thread, median of 5; train seconds were measured with two runs sharing the loaded 2-core CPU and are "
              "indicative only.")
-    # the 2-epoch recipe is the shared one; a longer or a cut run gets its own table next to it
-    suffix = f"_{args.max_steps}steps" if args.max_steps else "" if args.epochs == 2 else f"_{args.epochs}ep"
     length = f"{args.max_steps} steps" if args.max_steps else f"{args.epochs} epochs"
-    title = f"Fashion-MNIST: wave-2 ViT attention vs timm's plain Attention ({length})"
-    write_result(f"fmnist_vit_attention{suffix}", title, [("Classification (top-1 on the test split)", rows)], notes)
+    write_result(table_name("fmnist_vit_attention", args.epochs, args.max_steps),
+                 f"Fashion-MNIST: wave-2 ViT attention vs timm's plain Attention ({length})",
+                 [("Classification (top-1 on the test split)", rows)], notes)
 
 
 def main() -> None:
