@@ -95,13 +95,14 @@ def _cost(model: torch.nn.Module) -> tuple[float, float, float]:
 
 
 def report(args: argparse.Namespace) -> None:
-    rows, steps, anchor_top1, anchor_params = [], set(), None, None
+    rows, steps, seeds, anchor_top1, anchor_params = [], set(), set(), None, None
     for label, folder, _, _ in RUNS:
         runs = [json.loads(p.read_text()) for p in sorted(args.out.glob(f"{folder}_seed*/row.json"))]
         if not runs:
             continue
         top1 = [r["top1"] for r in runs]
         steps.update(r["steps"] for r in runs)
+        seeds.update(r["seed"] for r in runs)
         mean = statistics.mean(top1)
         anchor_top1 = mean if anchor_top1 is None else anchor_top1
         anchor_params = runs[0]["params"] if anchor_params is None else anchor_params
@@ -117,7 +118,7 @@ def report(args: argparse.Namespace) -> None:
               f"{args.epochs} epochs over the 60,000 training images, "
               f"{' / '.join(f'{n:,}' for n in sorted(steps))} optimiser steps of 128")
     notes = (f"Recipe: examples/train_fmnist.py (the shared classification recipe), {budget}, seeds "
-             f"{', '.join(map(str, args.seeds))}; top-1 on the 10,000 test images. Differences smaller than about "
+             f"{', '.join(map(str, sorted(seeds)))}; top-1 on the 10,000 test images. Differences smaller than about "
              "two sd are not evidence. MoH is trained without its load-balance loss (the shared loop adds no "
              "auxiliary loss; the authors add 0.01 * the mean over layers). MMACs per 28x28 image: '(modules)' "
              "counts Linear/Conv/LayerNorm/GELU as ptflops does, '(+ attention)' adds the attention products (and "
