@@ -37,6 +37,12 @@ ela_resnet18.fmnist, nat_mini.fmnist and ninformer_cifar.fmnist come from (fmnis
 
     python benchmarks/fmnist_classification.py --out runs/fmnist12 --epochs 12 --seeds 0 1 2 \
         --only ela_resnet18 resnet18_plain nat_mini --name fmnist_classification_12ep
+
+and the 6-epoch one that ulsam_mobilenetv2_100.fmnist (64 px) and azhalonet_h0.fmnist come from
+(fmnist_classification_6ep.md, the default name for --epochs 6):
+
+    python benchmarks/fmnist_classification.py --out runs/fmnist_long --epochs 6 --seeds 0 1 2 \
+        --only ulsam_mobilenetv2_100_64px mobilenetv2_100_plain_64px azhalonet_h0 resnet50_plain
 """
 
 from __future__ import annotations
