@@ -38,11 +38,16 @@ ela_resnet18.fmnist, nat_mini.fmnist and ninformer_cifar.fmnist come from (fmnis
     python benchmarks/fmnist_classification.py --out runs/fmnist12 --epochs 12 --seeds 0 1 2 \
         --only ela_resnet18 resnet18_plain nat_mini --name fmnist_classification_12ep
 
-and the 6-epoch one that ulsam_mobilenetv2_100.fmnist (64 px) and azhalonet_h0.fmnist come from
-(fmnist_classification_6ep.md, the default name for --epochs 6):
+and the 6-epoch one that ulsam_mobilenetv2_100.fmnist (64 px) comes from (fmnist_classification_6ep.md, the
+default name for --epochs 6; it also holds HaloNet-H0's 6-epoch rows):
 
     python benchmarks/fmnist_classification.py --out runs/fmnist_long --epochs 6 --seeds 0 1 2 \
         --only ulsam_mobilenetv2_100_64px mobilenetv2_100_plain_64px azhalonet_h0 resnet50_plain
+
+azhalonet_h0.fmnist comes from a 12-epoch table of its own, beside its twin (fmnist_classification_12ep_halonet.md):
+
+    python benchmarks/fmnist_classification.py --out runs/fmnist12_halo --epochs 12 --seeds 0 1 2 \
+        --only azhalonet_h0 resnet50_plain --name fmnist_classification_12ep_halonet
 """
 
 from __future__ import annotations
