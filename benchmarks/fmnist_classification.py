@@ -44,7 +44,8 @@ default name for --epochs 6; it also holds HaloNet-H0's 6-epoch rows):
     python benchmarks/fmnist_classification.py --out runs/fmnist_long --epochs 6 --seeds 0 1 2 \
         --only ulsam_mobilenetv2_100_64px mobilenetv2_100_plain_64px azhalonet_h0 resnet50_plain
 
-azhalonet_h0.fmnist comes from a 12-epoch table of its own, beside its twin (fmnist_classification_12ep_halonet.md):
+azhalonet_h0.fmnist comes from a 12-epoch table of its own, beside its twin (fmnist_classification_12ep_halonet.md;
+its own --out, so that its report does not need the other 12-epoch rows' checkpoints):
 
     python benchmarks/fmnist_classification.py --out runs/fmnist12_halo --epochs 12 --seeds 0 1 2 \
         --only azhalonet_h0 resnet50_plain --name fmnist_classification_12ep_halonet
